@@ -1,0 +1,5 @@
+"""Repository-wide pytest plugins: real nats-server and real control-plane fixtures."""
+
+pytest_plugins = [
+    "sie_operator.devcluster.pytest_plugin",
+]

@@ -103,6 +103,7 @@ class ModelEntry:
     source: Source
     modules: frozenset[str]
     bundles: tuple[str, ...]
+    epoch: int = 0  # store epoch of the write that last changed this model
     _yaml: str | None = field(default=None, repr=False)
 
     @property
@@ -280,7 +281,7 @@ class Registry:
             source="api" if (existing is not None and source == "api") else source,
         )
 
-    def apply(self, plan: WritePlan, yaml_text: str | None = None) -> ModelEntry:
+    def apply(self, plan: WritePlan, yaml_text: str | None = None, epoch: int = 0) -> ModelEntry:
         """Commit a plan made against the current state; O(changed model)."""
         entry = ModelEntry(
             model_id=plan.model_id,
@@ -288,6 +289,7 @@ class Registry:
             source=plan.source,
             modules=plan.modules,
             bundles=plan.bundles,
+            epoch=epoch,
             _yaml=yaml_text,
         )
         if plan.is_new:
@@ -298,9 +300,11 @@ class Registry:
             self._hashers[b].set(plan.model_id, model_fragment(plan.model_id, entry.profiles, self._adapters[b]))
         return entry
 
-    def put(self, body: Any, *, source: Source = "api", allow_unroutable: bool = False) -> WritePlan:
+    def put(
+        self, body: Any, *, source: Source = "api", allow_unroutable: bool = False, epoch: int = 0
+    ) -> WritePlan:
         """plan + apply, for bootstrap paths that have nothing to persist in between."""
         plan = self.plan(body, source=source, allow_unroutable=allow_unroutable)
         if plan.changed:
-            self.apply(plan)
+            self.apply(plan, epoch=epoch)
         return plan

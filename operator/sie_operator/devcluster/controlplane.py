@@ -155,7 +155,7 @@ def _run_ensure_bins() -> Path | BinaryNotFoundError:
         )
     if shutil.which("bash") is None:
         return BinaryNotFoundError("bash is needed to run ensure-bins; set KUBEBUILDER_ASSETS instead")
-    log.info("obtaining Kubernetes test binaries with %s (a cold build takes several minutes)", script)
+    log.debug("obtaining Kubernetes test binaries with %s", script)
     tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -180,7 +180,8 @@ def _run_ensure_bins() -> Path | BinaryNotFoundError:
     lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
     if not lines or not Path(lines[-1]).is_dir():
         return BinaryNotFoundError(f"{script} printed no assets directory (stdout: {out!r})")
-    log.info("ensure-bins: assets in %s (%.1fs)", lines[-1], time.monotonic() - started)
+    took = time.monotonic() - started
+    log.log(logging.INFO if took > 5 else logging.DEBUG, "ensure-bins: assets in %s (%.1fs)", lines[-1], took)
     return Path(lines[-1])
 
 
@@ -203,7 +204,7 @@ def find_binary(
     """Resolve a control-plane binary in envtest's order, then fall back to ensure-bins.
 
     Order: ``TEST_ASSET_<NAME>``, ``$KUBEBUILDER_ASSETS/<name>``, ``assets_dir``,
-    ``/usr/local/kubebuilder/bin``, ``$PATH`` (only if ``allow_path``; used for kubectl
+    ``/usr/local/kubebuilder/bin``, ``$PATH`` (only if ``allow_path``; used for kubectl and helm
     against an existing cluster), then the dir printed by ``ensure-bins`` (if ``build``).
     """
     env_path = os.environ.get(_env_asset_name(name))
@@ -283,18 +284,30 @@ def _issue(
     if ca:
         b = b.add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     else:
         b = b.add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -511,7 +524,9 @@ class ControlPlane:
 
     def bin(self, name: str) -> Path:
         """Path of ``kube-apiserver``, ``etcd``, ``kubectl`` or ``helm`` for this plane."""
-        return find_binary(name, assets_dir=self.assets_dir, allow_path=self._external and name == "kubectl")
+        return find_binary(
+            name, assets_dir=self.assets_dir, allow_path=self._external and name in ("kubectl", "helm")
+        )
 
     def env(self) -> dict[str, str]:
         """os.environ plus KUBECONFIG, for subprocesses (e.g. the operator) that should use it."""
@@ -564,8 +579,12 @@ class ControlPlane:
                     self._teardown()
                     raise
             self.start_seconds = time.monotonic() - started
-            log.info("control plane ready at %s in %.1fs (workdir %s)", self._server, self.start_seconds,
-                     self.workdir)
+            log.info(
+                "control plane ready at %s in %.1fs (workdir %s)",
+                self._server,
+                self.start_seconds,
+                self.workdir,
+            )
 
     def stop(self) -> None:
         """SIGTERM apiserver then etcd (SIGKILL after ``stop_timeout``) and delete the workdir.
@@ -615,13 +634,13 @@ class ControlPlane:
         shutil.rmtree(data_dir, ignore_errors=True)
         etcd_args = [
             str(etcd),
-            "--name=default",
+            "--name=sie-controlplane",
             f"--data-dir={data_dir}",
             f"--listen-client-urls={self.etcd_url}",
             f"--advertise-client-urls={self.etcd_url}",
             f"--listen-peer-urls={peer_url}",
             f"--initial-advertise-peer-urls={peer_url}",  # set together with --initial-cluster
-            f"--initial-cluster=default={peer_url}",
+            f"--initial-cluster=sie-controlplane={peer_url}",
             "--log-level=warn",
         ]
         if _supports_flag(etcd, "--unsafe-no-fsync"):
@@ -660,7 +679,10 @@ class ControlPlane:
             kubeconfig,
             _kubeconfig_yaml(
                 self._cluster_entry,
-                {"client-certificate-data": _b64(files["admin.crt"]), "client-key-data": _b64(files["admin.key"])},
+                {
+                    "client-certificate-data": _b64(files["admin.crt"]),
+                    "client-key-data": _b64(files["admin.key"]),
+                },
                 name="admin",
             ),
         )
@@ -683,19 +705,21 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 cwd=work,
                 start_new_session=True,  # own process group: killpg reaches any helpers too
-                preexec_fn=_die_with_parent(),  # noqa: PLW1509 - only prctl, no locks
+                preexec_fn=_die_with_parent(),  # only prctl in the child: no locks taken
             )
 
-    def _failure(self, what: str) -> ControlPlaneError:
+    def logs_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last lines of the kube-apiserver and etcd logs (they vanish with stop())."""
         work = self.workdir or Path("/nonexistent")
-        apiserver_log, etcd_log = _tail(work / "kube-apiserver.log"), _tail(work / "etcd.log")
-        text = f"{apiserver_log}\n{etcd_log}"
-        msg = (
-            f"control plane failed to start: {what}\n"
-            f"--- kube-apiserver log (tail, {work / 'kube-apiserver.log'}):\n{apiserver_log}\n"
-            f"--- etcd log (tail, {work / 'etcd.log'}):\n{etcd_log}"
+        return "\n".join(
+            f"--- {name} log (tail, {work / (name + '.log')}):\n{_tail(work / (name + '.log'), lines)}"
+            for name in ("kube-apiserver", "etcd")
         )
-        if "address already in use" in text:
+
+    def _failure(self, what: str) -> ControlPlaneError:
+        tails = self.logs_tail()
+        msg = f"control plane failed to start: {what}\n{tails}"
+        if "address already in use" in tails:
             return _PortInUseError(msg)
         return ControlPlaneError(msg)
 
@@ -815,7 +839,11 @@ class ControlPlane:
             }
         )
         res = self.kubectl(
-            "create", "--raw", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", "-f", "-",
+            "create",
+            "--raw",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            "-f",
+            "-",
             input=body,
         )
         try:
@@ -842,7 +870,9 @@ def _supports_flag(binary: Path, flag: str) -> bool:
     key = (str(binary), flag)
     if key not in _flag_cache:
         try:
-            res = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30, check=False)
+            res = subprocess.run(
+                [str(binary), "--help"], capture_output=True, text=True, timeout=30, check=False
+            )
             _flag_cache[key] = flag in (res.stdout + res.stderr)
         except (OSError, subprocess.TimeoutExpired):
             _flag_cache[key] = False

@@ -7,6 +7,7 @@ takes its whole tree down; every started process is also stopped at interpreter 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import subprocess
@@ -95,10 +96,8 @@ class ServerProcess:
 
     def signal(self, sig: int) -> None:
         if self.running and self.proc is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM the process group, SIGKILL after ``timeout``; returns the exit code."""
@@ -112,10 +111,8 @@ class ServerProcess:
                 self.signal(signal.SIGKILL)
                 self.proc.wait(timeout=5)
         # the group may still hold children
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         _live.discard(self)
         return self.proc.returncode
 
@@ -134,7 +131,5 @@ def sie_operator_argv(*args: str) -> list[str]:
 @atexit.register
 def _stop_all() -> None:
     for p in list(_live):
-        try:
+        with contextlib.suppress(Exception):
             p.stop(timeout=3)
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass

@@ -1,0 +1,193 @@
+"""The whole SIE loop on one machine as real processes: NATS, operator (or config-api),
+gateway and reference workers. Used by the e2e tests, the demo and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .natsserver import NatsServer
+from .ports import free_port
+from .procs import ServerProcess, sie_operator_argv
+
+
+@dataclass
+class StackConfig:
+    workers: Sequence[tuple[str, str]] = (
+        ("worker-0", "default"),
+        ("worker-1", "default"),
+        ("worker-2", "sglang"),
+    )
+    kubeconfig: str | None = None  # None: run `config-api` instead of the operator
+    namespaces: Sequence[str] = ()
+    gateways: int = 1
+    admin_token: str | None = None
+    worker_args: Sequence[str] = ()
+    gateway_args: Sequence[str] = ()
+    operator_args: Sequence[str] = ()
+    heartbeat_timeout: float = 3.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Stack:
+    """Start/stop the processes; each one is individually stoppable for fault tests."""
+
+    def __init__(self, cfg: StackConfig, workdir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sie-stack-"))
+        self.logs = self.workdir / "logs"
+        self.store_dir = self.workdir / "store"
+        self.nats = NatsServer(log_dir=self.logs)
+        self.api_port = free_port()
+        self.health_port = free_port()
+        self.gateway_ports = [free_port() for _ in range(cfg.gateways)]
+        self.worker_ports = {name: free_port() for name, _ in cfg.workers}
+        self.control: ServerProcess | None = None
+        self.gateways: list[ServerProcess] = []
+        self.workers: dict[str, ServerProcess] = {}
+
+    @property
+    def config_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def gateway_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p}" for p in self.gateway_ports]
+
+    def _env(self) -> dict[str, str]:
+        env = {"PYTHONUNBUFFERED": "1", **self.cfg.extra_env}
+        if self.cfg.admin_token:
+            env["SIE_ADMIN_TOKEN"] = self.cfg.admin_token
+        return env
+
+    # -- pieces ------------------------------------------------------------------------
+    def control_process(self) -> ServerProcess:
+        env = self._env() | {"SIE_CONFIG_STORE_DIR": str(self.store_dir), "SIE_NATS_URL": self.nats.url}
+        if self.cfg.kubeconfig is None:
+            argv = sie_operator_argv("config-api", "--host", "127.0.0.1", "--port", str(self.api_port))
+            name = "config-api"
+        else:
+            env["KUBECONFIG"] = self.cfg.kubeconfig
+            argv = sie_operator_argv(
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--health-port",
+                str(self.health_port),
+                *[a for ns in self.cfg.namespaces for a in ("--namespace", ns)],
+                *[a for u in self.gateway_urls for a in ("--gateway-url", u)],
+                *self.cfg.operator_args,
+            )
+            name = "operator"
+        return ServerProcess(argv, name=name, log_dir=self.logs, env=env)
+
+    def gateway_process(self, i: int) -> ServerProcess:
+        env = self._env() | {
+            "SIE_CONFIG_SERVICE_URL": self.config_url,
+            "SIE_NATS_URL": self.nats.url,
+            "SIE_GATEWAY_WORKERS": ",".join(f"http://127.0.0.1:{p}" for p in self.worker_ports.values()),
+        }
+        argv = sie_operator_argv(
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.gateway_ports[i]),
+            "--gateway-id",
+            f"gateway-{i}",
+            "--heartbeat-timeout",
+            str(self.cfg.heartbeat_timeout),
+            *self.cfg.gateway_args,
+        )
+        return ServerProcess(argv, name=f"gateway-{i}", log_dir=self.logs, env=env)
+
+    def worker_process(self, name: str) -> ServerProcess:
+        bundle = dict(self.cfg.workers)[name]
+        argv = sie_operator_argv(
+            "worker",
+            "--name",
+            name,
+            "--bundle",
+            bundle,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.worker_ports[name]),
+            "--nats-url",
+            self.nats.url,
+            "--config-url",
+            self.config_url,
+            *self.cfg.worker_args,
+        )
+        return ServerProcess(argv, name=name, log_dir=self.logs, env=self._env())
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> Stack:
+        self.nats.start()
+        self.start_control(timeout)
+        for name in self.worker_ports:
+            self.start_worker(name, wait=False)
+        for i in range(len(self.gateway_ports)):
+            self.start_gateway(i, wait=False)
+        for name in self.worker_ports:
+            self.workers[name].wait_http(f"http://127.0.0.1:{self.worker_ports[name]}/healthz", timeout)
+        for i, g in enumerate(self.gateways):
+            g.wait_http(f"{self.gateway_urls[i]}/healthz", timeout)
+        return self
+
+    def start_control(self, timeout: float = 60.0) -> ServerProcess:
+        self.control = self.control_process().start()
+        self.control.wait_http(f"{self.config_url}/healthz", timeout)
+        return self.control
+
+    def stop_control(self) -> None:
+        if self.control is not None:
+            self.control.stop()
+
+    def start_worker(self, name: str, wait: bool = True) -> ServerProcess:
+        p = self.worker_process(name).start()
+        self.workers[name] = p
+        if wait:
+            p.wait_http(f"http://127.0.0.1:{self.worker_ports[name]}/healthz", 30)
+        return p
+
+    def start_gateway(self, i: int, wait: bool = True) -> ServerProcess:
+        p = self.gateway_process(i).start()
+        if i < len(self.gateways):
+            self.gateways[i] = p
+        else:
+            self.gateways.append(p)
+        if wait:
+            p.wait_http(f"{self.gateway_urls[i]}/healthz", 30)
+        return p
+
+    def stop(self) -> None:
+        for g in self.gateways:
+            g.stop(timeout=5)
+        for w in self.workers.values():
+            w.stop(timeout=5)
+        self.stop_control()
+        self.nats.stop()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def logs_tail(self) -> str:
+        parts = []
+        for p in [self.control, *self.gateways, *self.workers.values()]:
+            if p is not None:
+                parts.append(f"--- {p.name} ---\n{p.log_tail(30)}")
+        return "\n".join(parts)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

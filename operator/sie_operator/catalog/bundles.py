@@ -81,8 +81,10 @@ def parse_bundle(data: object, fallback_name: str) -> Bundle:
     except ValidationError as exc:
         raise BundleError(f"bundle {fallback_name!r}: {'; '.join(format_validation_error(exc))}") from exc
     name = cfg.name or fallback_name
-    if not name or "/" in name or any(c in name for c in " .*>"):
+    if not name or any(c.isspace() or c in "/.*>" for c in name):
         raise BundleError(f"bundle {fallback_name!r}: name {name!r} is not a valid NATS subject token")
+    if name == "_all":
+        raise BundleError(f"bundle {fallback_name!r}: name '_all' is reserved (the gateways' NATS subject)")
     return Bundle(name=name, priority=cfg.priority, adapters=tuple(cfg.adapters), default=cfg.default)
 
 

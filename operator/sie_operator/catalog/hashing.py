@@ -59,7 +59,9 @@ def adapter_module(raw: Mapping[str, Any]) -> str | None:
     return path.split(":", 1)[0] if isinstance(path, str) and path else None
 
 
-def model_fragment(model_id: str, profiles: Mapping[str, Mapping[str, Any]], adapters: frozenset[str]) -> bytes | None:
+def model_fragment(
+    model_id: str, profiles: Mapping[str, Mapping[str, Any]], adapters: frozenset[str]
+) -> bytes | None:
     """One model's entry in a bundle's hash input, or None if the bundle skips it.
 
     A model counts for a bundle when any of its adapter modules is the bundle's; a profile

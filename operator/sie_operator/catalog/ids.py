@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 
 MAX_ID_LENGTH = 253
+# File names are limited to 255 bytes; the store writes ``<stem>.yaml`` via a temporary
+# ``.<stem>.yaml.<random>.tmp``, so the encoded stem (``/`` -> ``__``) must leave room.
+MAX_FILENAME_STEM = 200
 _ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._/-]*")
 
 
@@ -36,6 +39,11 @@ def validate_model_id(model_id: object) -> str:
         )
     if "//" in model_id:
         raise InvalidModelId("Model ID must not contain empty path segments ('//').")
+    if len(id_to_filename(model_id)) > MAX_FILENAME_STEM:
+        raise InvalidModelId(
+            f"Model ID is too long: with each '/' stored as '__' it must fit in {MAX_FILENAME_STEM} "
+            "characters (file name limit)."
+        )
     return model_id
 
 

@@ -12,6 +12,8 @@ Rules (stricter than SIE's config service, see README "Compatibility"):
   new top-level fields are added;
 - every adapter module must be owned by some bundle, and a new model must route;
 - ``extends`` must name an existing, non-extending profile of the merged model;
+- the document must be plain JSON data (string keys, finite numbers, bounded depth),
+  so that what plan() accepts can always be hashed, copied and served;
 - ids that differ only in case from a stored model are refused (lookups are
   case-insensitive, so two such models could never both be addressed).
 Every cost here is O(size of the changed model) except the SHA-256 over the bytes after
@@ -31,7 +33,7 @@ from pydantic import ValidationError
 from . import yamlio
 from .bundles import BundleSet
 from .hashing import BundleHasher, adapter_module, model_fragment
-from .schema import ModelConfig, check_extends, format_validation_error
+from .schema import ModelConfig, check_extends, format_validation_error, json_data_problem
 
 Source = Literal["api", "filesystem"]
 _IDENTITY_KEYS = ("sie_id", "name")
@@ -88,7 +90,11 @@ def same_value(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+        # an explicit null means the same as an absent key (SIE reads both as "unset");
+        # Kubernetes may drop nulls on the way, which must not look like a change
+        ka = {k for k, v in a.items() if v is not None}
+        kb = {k for k, v in b.items() if v is not None}
+        return ka == kb and all(same_value(a[k], b[k]) for k in ka)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, int | float) and isinstance(b, int | float):
@@ -193,6 +199,9 @@ class Registry:
         """Validate and classify a write without changing anything."""
         if not isinstance(body, dict):
             raise ValidationFailed(["Expected a mapping at top level"])
+        problem = json_data_problem(body)
+        if problem is not None:
+            raise ValidationFailed([problem])
         try:
             cfg = ModelConfig.model_validate(body)
         except ValidationError as exc:
@@ -216,18 +225,31 @@ class Registry:
             stored = existing.doc
             stored_profiles = existing.profiles
             conflict_p = [
-                p for p in body_profiles if p in stored_profiles and not same_value(body_profiles[p], stored_profiles[p])
+                p
+                for p in body_profiles
+                if p in stored_profiles and not same_value(body_profiles[p], stored_profiles[p])
             ]
             conflict_f = sorted(
                 k
                 for k in body
-                if k != "profiles" and k not in _IDENTITY_KEYS and k in stored and not same_value(body[k], stored[k])
+                if k != "profiles"
+                and k not in _IDENTITY_KEYS
+                and body[k] is not None
+                and stored.get(k) is not None
+                and not same_value(body[k], stored[k])
             )
             if conflict_p or conflict_f:
                 raise ContentConflict(model_id, conflict_p, conflict_f)
             created = [p for p in body_profiles if p not in stored_profiles]
             skipped = [p for p in body_profiles if p in stored_profiles]
-            added = [k for k in body if k != "profiles" and k not in _IDENTITY_KEYS and k not in stored]
+            added = [
+                k
+                for k in body
+                if k != "profiles"
+                and k not in _IDENTITY_KEYS
+                and body[k] is not None
+                and stored.get(k) is None
+            ]
             doc = copy.deepcopy(stored)
             for k in added:
                 doc[k] = copy.deepcopy(body[k])
@@ -297,7 +319,8 @@ class Registry:
             self._lower.setdefault(plan.model_id.lower(), plan.model_id)
         self._models[plan.model_id] = entry
         for b in plan.bundles:
-            self._hashers[b].set(plan.model_id, model_fragment(plan.model_id, entry.profiles, self._adapters[b]))
+            fragment = model_fragment(plan.model_id, entry.profiles, self._adapters[b])
+            self._hashers[b].set(plan.model_id, fragment)
         return entry
 
     def put(

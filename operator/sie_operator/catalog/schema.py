@@ -8,6 +8,7 @@ workers reject configs later) but accepts every file of the SIE catalog.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -31,6 +32,9 @@ MAX_PROFILES = 64
 MAX_PROFILE_NAME = 63
 PROFILE_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 ADAPTER_PATH_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+MAX_DOC_DEPTH = 32
+MAX_DOC_VALUES = 100_000
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson and serde_json can represent
 ComputePrecision = Literal["float16", "bfloat16", "float32"]
 PositiveU32 = Annotated[StrictInt, Field(ge=1, le=U32_MAX)]
 
@@ -178,6 +182,52 @@ def check_extends(profiles: dict[str, Any]) -> list[str]:
                 "(only one level is supported)"
             )
     return problems
+
+
+def json_data_problem(
+    value: Any, *, max_depth: int = MAX_DOC_DEPTH, max_values: int = MAX_DOC_VALUES
+) -> str | None:
+    """Why ``value`` is not plain JSON data, or None if it is.
+
+    A model document is hashed with orjson, returned as JSON, published as YAML and read by
+    the Rust gateway, so only JSON's data model is accepted: string keys, finite floats,
+    64-bit integers, bounded nesting and size. YAML can produce more (``!!set``,
+    ``!!binary``, ``.nan``, alias bombs, deep nesting), which would otherwise pass
+    validation and then fail when the accepted write is hashed, copied or served (or, for
+    ``.nan``, never compare equal to its own replay).
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    seen = 0
+    while stack:
+        v, path, depth = stack.pop()
+        seen += 1
+        if seen > max_values:
+            return f"document has more than {max_values} values"
+        where = path or "document"
+        if isinstance(v, dict | list):
+            if depth >= max_depth:
+                return f"{where}: nested deeper than {max_depth} levels"
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    if not isinstance(k, str):
+                        return f"{where}: mapping key {k!r} is not a string"
+                    stack.append((item, f"{path}.{k}" if path else k, depth + 1))
+            else:
+                stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v))
+        elif v is None or isinstance(v, str | bool):
+            continue
+        elif isinstance(v, int):
+            if not _INT_MIN <= v <= _INT_MAX:
+                return f"{where}: integer {v} is outside the 64-bit range"
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                return f"{where}: {v!r} is not a finite number"
+        else:
+            return (
+                f"{where}: a value of type {type(v).__name__} is not allowed (only mappings with "
+                "string keys, lists, strings, numbers, booleans and null)"
+            )
+    return None
 
 
 def format_validation_error(exc: ValidationError) -> list[str]:

@@ -26,8 +26,9 @@ class StackConfig:
     namespaces: Sequence[str] = ()
     gateways: int = 1
     admin_token: str | None = None
-    worker_args: Sequence[str] = ()
-    gateway_args: Sequence[str] = ()
+    # short catch-up polls keep tests and the demo quick after an outage (defaults are 30 s)
+    worker_args: Sequence[str] = ("--poll-interval", "2")
+    gateway_args: Sequence[str] = ("--poll-interval", "2")
     operator_args: Sequence[str] = ()
     heartbeat_timeout: float = 3.0
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -133,12 +134,14 @@ class Stack:
         self.start_control(timeout)
         for name in self.worker_ports:
             self.start_worker(name, wait=False)
+        for name in self.worker_ports:
+            self.workers[name].wait_http(f"http://127.0.0.1:{self.worker_ports[name]}/readyz", timeout)
+        # gateways dial workers at startup: start them once the workers listen, so the first
+        # readiness answers already count every worker
         for i in range(len(self.gateway_ports)):
             self.start_gateway(i, wait=False)
-        for name in self.worker_ports:
-            self.workers[name].wait_http(f"http://127.0.0.1:{self.worker_ports[name]}/healthz", timeout)
         for i, g in enumerate(self.gateways):
-            g.wait_http(f"{self.gateway_urls[i]}/healthz", timeout)
+            g.wait_http(f"{self.gateway_urls[i]}/readyz", timeout)
         return self
 
     def start_control(self, timeout: float = 60.0) -> ServerProcess:

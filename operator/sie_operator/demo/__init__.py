@@ -1,0 +1,1 @@
+"""`sie-operator demo`: the whole loop on one machine."""

@@ -53,7 +53,7 @@ def test_apply_reaches_ready_and_kubectl_wait(stack: Stack, kube: Kube) -> None:
     out = kube.run("get", "mcfg", "bert").stdout
     assert "acme/bert" in out and "True" in out
     reasons = {e["reason"] for e in kube.events("bert")}
-    assert {"Accepted", "Published", "Ready"} <= reasons
+    assert {"Published", "Ready"} <= reasons
 
 
 def test_add_profile_new_epoch_then_ready_again(stack: Stack, kube: Kube) -> None:

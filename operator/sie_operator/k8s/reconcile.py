@@ -30,7 +30,9 @@ from .status import StoreOutcome, compute_status, status_changed
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL, KIND = "sie.dev", "v1alpha1", "modelconfigs", "ModelConfig"
+from .spec import API_GROUP as GROUP  # noqa: E402 - one place for the resource coordinates
+from .spec import API_VERSION as VERSION  # noqa: E402
+from .spec import KIND, PLURAL  # noqa: E402
 STALLED_KINDS = frozenset({"invalid", "unroutable", "duplicate", "conflict"})
 TRANSIENT_KINDS = frozenset({"nats_unavailable", "store_error"})
 
@@ -291,18 +293,17 @@ class Reconciler:
         entry = result.entry
         profiles = tuple(sorted(entry.profiles)) if entry is not None else ()
         if result.changed:
-            await self._event(
-                t,
-                "Accepted",
-                f"stored model {t.sie_id} at config epoch {result.epoch}"
-                + (f", new profiles: {', '.join(result.created)}" if result.created else ""),
+            # one Event per write (not Accepted + Published): at 1,000 resources applied at once
+            # every API call the operator saves is time the API server gives to the user
+            stored = f"stored model {t.sie_id} at config epoch {result.epoch}" + (
+                f" (new profiles: {', '.join(result.created)})" if result.created else ""
             )
             if result.warnings:
-                await self._event(t, "PublishFailed", "; ".join(result.warnings), warning=True)
+                await self._event(t, "PublishFailed", f"{stored}; {'; '.join(result.warnings)}", warning=True)
             elif self.publishes and entry is not None:
-                await self._event(
-                    t, "Published", f"published to bundles {', '.join(entry.bundles)} over NATS (epoch {result.epoch})"
-                )
+                await self._event(t, "Published", f"{stored}; published to bundles {', '.join(entry.bundles)} over NATS")
+            else:
+                await self._event(t, "Accepted", stored)
         return StoreOutcome("accepted", epoch=int(result.epoch), profiles=profiles)
 
     # -- status writer -----------------------------------------------------------------

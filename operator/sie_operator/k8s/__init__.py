@@ -1,0 +1,1 @@
+"""Kubernetes side: the ModelConfig CRD and its SIE mapping, status computation, kopf adapters."""

@@ -1,0 +1,36 @@
+"""``sie-operator gateway``: the companion readiness gateway (see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from sie_operator.cli import UsageError
+
+from . import settings as settings_mod
+from .kubeconfig import KubeClientConfig, KubeConfigError, load_config
+from .lifecycle import serve_until_signalled
+from .service import Gateway
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings_mod.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_mod.from_args(args)
+    except settings_mod.ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    kube: KubeClientConfig | None = None
+    if settings.kubernetes:
+        try:
+            kube = load_config(settings.kubeconfig)  # file reads: before the loop starts
+        except KubeConfigError as exc:
+            raise UsageError(str(exc)) from None
+    gateway = Gateway(settings, kube)
+    try:
+        asyncio.run(serve_until_signalled(gateway.start, gateway.stop))
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+    return 0

@@ -39,7 +39,10 @@ def manifest(i: int, prefix: str) -> dict[str, Any]:
             "sieId": f"bench/{prefix}-{i:05d}",
             "hfId": f"bench/{prefix}-{i:05d}",
             "profiles": {
-                "default": {"adapterPath": "sie_server.adapters.bert_flash:BertFlashAdapter", "maxBatchTokens": 8192}
+                "default": {
+                    "adapterPath": "sie_server.adapters.bert_flash:BertFlashAdapter",
+                    "maxBatchTokens": 8192,
+                }
             },
         },
     }
@@ -103,8 +106,10 @@ async def main_async(args: argparse.Namespace, cp: ControlPlane, stack: Stack) -
     kube = KubeClient(load_credentials(str(cp.kubeconfig)), timeout=60)
     try:
         lat = await single(kube, args.single)
-        print(f"apply -> Ready, one at a time (n={len(lat)}): p50 {statistics.median(lat) * 1000:.0f} ms, "
-              f"p99 {pct(lat, 99) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms")
+        print(
+            f"apply -> Ready, one at a time (n={len(lat)}): p50 {statistics.median(lat) * 1000:.0f} ms, "
+            f"p99 {pct(lat, 99) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms"
+        )
         created, done = await bulk(kube, args.bulk)
         print(f"{args.bulk} ModelConfigs created at once in {created:.1f} s; all Ready after {done:.1f} s")
         assert stack.control is not None and stack.control.proc is not None

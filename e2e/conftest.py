@@ -19,9 +19,7 @@ CRD = REPO / "crds" / "modelconfig.yaml"
 @pytest.fixture(scope="session")
 def crd_installed(control_plane: Any) -> None:
     control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/modelconfigs.sie.dev", "--timeout=30s"
-    )
+    control_plane.kubectl("wait", "--for=condition=Established", "crd/modelconfigs.sie.dev", "--timeout=30s")
 
 
 @pytest.fixture
@@ -31,7 +29,9 @@ def kube(control_plane: Any, k8s_namespace: str, crd_installed: None) -> Kube:
 
 @pytest.fixture
 def stack(control_plane: Any, k8s_namespace: str, crd_installed: None, tmp_path: Path) -> Iterator[Stack]:
-    cfg = StackConfig(kubeconfig=str(control_plane.kubeconfig), namespaces=[k8s_namespace], heartbeat_timeout=6.0)
+    cfg = StackConfig(
+        kubeconfig=str(control_plane.kubeconfig), namespaces=[k8s_namespace], heartbeat_timeout=6.0
+    )
     s = Stack(cfg, tmp_path / "stack")
     try:
         s.start()

@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 SGLANG = {"default": {"adapterPath": "sie_server.adapters.sglang:SGLangAdapter", "maxBatchTokens": 4096}}
 
 
-def http_json(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+def http_json(
+    url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None
+) -> Any:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read() or b"null")
@@ -137,64 +139,40 @@ def test_gateway_down_is_reported_then_recovers(stack: Stack, kube: Kube) -> Non
     kube.wait_ready("gw", timeout=30)
 
 
+def sie_model(model_id: str, max_batch_tokens: int) -> bytes:
+    return (
+        f"sie_id: {model_id}\nprofiles:\n  default:\n"
+        f"    adapter_path: sie_server.adapters.bert_flash:B\n    max_batch_tokens: {max_batch_tokens}\n"
+    ).encode()
+
+
+def bert_b(max_batch_tokens: int) -> dict[str, Any]:
+    return {
+        "default": {"adapterPath": "sie_server.adapters.bert_flash:B", "maxBatchTokens": max_batch_tokens}
+    }
+
+
 def test_http_api_and_resources_share_one_store(stack: Stack, kube: Kube) -> None:
-    body = b"sie_id: acme/posted\nprofiles:\n  default:\n    adapter_path: sie_server.adapters.bert_flash:B\n    max_batch_tokens: 512\n"
-    res = http_json(f"{stack.config_url}/v1/configs/models", "POST", body)
+    res = http_json(f"{stack.config_url}/v1/configs/models", "POST", sie_model("acme/posted", 512))
     assert res["created_profiles"] == ["default"]
-    # a resource with the same content adopts the posted model
-    kube.apply(
-        model_manifest(
-            "posted",
-            "acme/posted",
-            profiles={"default": {"adapterPath": "sie_server.adapters.bert_flash:B", "maxBatchTokens": 512}},
-        )
-    )
+    posted_epoch = store_epoch(stack)
+    # a resource with the same content adopts the posted model: no new write, same epoch
+    kube.apply(model_manifest("posted", "acme/posted", profiles=bert_b(512)))
     obj = kube.wait_ready("posted")
-    assert obj["status"]["configEpoch"] == res_epoch_of(stack, "acme/posted")
+    assert obj["status"]["configEpoch"] == posted_epoch
+    assert store_epoch(stack) == posted_epoch
     # a resource is visible through the HTTP API
     kube.apply(model_manifest("viacr", "acme/viacr"))
     kube.wait_ready("viacr")
-    listed = {m["model_id"] for m in http_json(f"{stack.config_url}/v1/configs/models")["models"]}
-    assert {"acme/posted", "acme/viacr"} <= listed
+    listed = {m["model_id"]: m for m in http_json(f"{stack.config_url}/v1/configs/models")["models"]}
+    assert {"acme/posted", "acme/viacr"} <= set(listed)
+    assert listed["acme/viacr"]["source"] == "api"
     # a resource that disagrees with the store is stalled with the profile named
-    kube.apply(
-        model_manifest(
-            "clash",
-            "acme/posted2",
-            profiles={"default": {"adapterPath": "sie_server.adapters.bert_flash:B", "maxBatchTokens": 512}},
-        )
-    )
-    kube.wait_ready("clash")
-    body2 = b"sie_id: acme/posted3\nprofiles:\n  default:\n    adapter_path: sie_server.adapters.bert_flash:B\n    max_batch_tokens: 64\n"
-    http_json(f"{stack.config_url}/v1/configs/models", "POST", body2)
-    kube.apply(
-        model_manifest(
-            "clash3",
-            "acme/posted3",
-            profiles={"default": {"adapterPath": "sie_server.adapters.bert_flash:B", "maxBatchTokens": 65}},
-        )
-    )
+    http_json(f"{stack.config_url}/v1/configs/models", "POST", sie_model("acme/posted3", 64))
+    kube.apply(model_manifest("clash3", "acme/posted3", profiles=bert_b(65)))
     obj = kube.wait_ready("clash3", status="False", reason="ContentConflict")
     stalled = {c["type"]: c for c in obj["status"]["conditions"]}["Stalled"]
     assert stalled["status"] == "True" and "default" in stalled["message"]
-
-
-def res_epoch_of(stack: Stack, model_id: str) -> int:
-    exported = http_json(f"{stack.config_url}/v1/configs/export")
-    for m in exported["models"]:
-        if m["model_id"] == model_id:
-            return int(exported["epoch"]) if False else _entry_epoch(stack, model_id)
-    raise AssertionError(f"{model_id} not exported")
-
-
-def _entry_epoch(stack: Stack, model_id: str) -> int:
-    # the posted write was the only write of this model, so its epoch is the store epoch at that time;
-    # the operator must report exactly that epoch (it adopted the model without writing it again)
-    return int(http_json(f"{stack.config_url}/v1/configs/epoch")["epoch"]) - _writes_after(stack)
-
-
-def _writes_after(stack: Stack) -> int:
-    return 0
 
 
 def test_duplicate_sie_id_newer_is_stalled_until_older_goes(stack: Stack, kube: Kube) -> None:
@@ -236,7 +214,11 @@ def test_nats_outage_is_reported_and_converges(stack: Stack, kube: Kube) -> None
 
 def test_unroutable_and_invalid_specs_are_stalled(stack: Stack, kube: Kube) -> None:
     kube.apply(
-        model_manifest("nowhere", "acme/nowhere", profiles={"default": {"adapterPath": "x.unknown:Thing", "maxBatchTokens": 1}})
+        model_manifest(
+            "nowhere",
+            "acme/nowhere",
+            profiles={"default": {"adapterPath": "x.unknown:Thing", "maxBatchTokens": 1}},
+        )
     )
     obj = kube.wait_ready("nowhere", status="False", reason="Unroutable")
     stalled = {c["type"]: c for c in obj["status"]["conditions"]}["Stalled"]

@@ -21,9 +21,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("sie_operator.gateway.command", "run the companion readiness gateway"),
     "worker": ("sie_operator.worker.command", "run a reference worker (no models, real protocol)"),
     "demo": ("sie_operator.demo.command", "run the whole loop locally and show models reaching Ready"),
-    "convert": ("sie_operator.k8s.convert_command", "convert SIE model YAML to ModelConfig manifests and back"),
+    "convert": (
+        "sie_operator.k8s.convert_command",
+        "convert SIE model YAML to ModelConfig manifests and back",
+    ),
     "crd": ("sie_operator.k8s.crd_command", "print the ModelConfig CRD"),
-    "controlplane": ("sie_operator.devcluster.command", "run a local kube-apiserver + etcd for dev and tests"),
+    "controlplane": (
+        "sie_operator.devcluster.command",
+        "run a local kube-apiserver + etcd for dev and tests",
+    ),
 }
 
 

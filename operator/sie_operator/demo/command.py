@@ -36,12 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exit-when-ready", action="store_true", help="stop everything once all resources are Ready (exit 0)"
     )
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for Ready with --exit-when-ready")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for Ready with --exit-when-ready"
+    )
 
 
 def _row(obj: dict[str, Any]) -> tuple[str, ...]:
     st = obj.get("status") or {}
-    ready = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
+    ready: dict[str, Any] = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
     return (
         obj["metadata"]["name"],
         str(obj.get("spec", {}).get("sieId", "")),
@@ -58,11 +60,11 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [COLUMNS, *rows])
 
 
-async def _watch(kubeconfig: str, exit_when_ready: bool, timeout: float) -> bool:
+async def _watch(kubeconfig: str, exit_when_ready: bool, wait_seconds: float) -> bool:
     kube = KubeClient(load_credentials(kubeconfig))
     tty = sys.stdout.isatty()
     last = ""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_seconds
     try:
         while True:
             data = await kube.request("GET", f"/apis/sie.dev/v1alpha1/namespaces/{NAMESPACE}/modelconfigs")
@@ -88,7 +90,9 @@ async def _watch(kubeconfig: str, exit_when_ready: bool, timeout: float) -> bool
 def run(args: argparse.Namespace) -> int:
     manifests = Path(args.manifests)
     if not manifests.is_dir() or not any(manifests.glob("*.yaml")):
-        raise UsageError(f"no ModelConfig manifests in {manifests} (run from the repository root or pass --manifests)")
+        raise UsageError(
+            f"no ModelConfig manifests in {manifests} (run from the repository root or pass --manifests)"
+        )
     work = Path(args.workdir).resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -108,8 +112,19 @@ def run(args: argparse.Namespace) -> int:
             cp.kubectl("apply", "--server-side", "-f", "-", input=render_crd_yaml())
         cp.kubectl("wait", "--for=condition=Established", "crd/modelconfigs.sie.dev", "--timeout=30s")
         cp.kubectl("create", "namespace", NAMESPACE)
-        print("starting nats-server, the operator, a gateway and 3 reference workers...", flush=True)
-        cfg = StackConfig(kubeconfig=str(kubeconfig), namespaces=[NAMESPACE])
+        print(
+            "starting nats-server, the operator, a gateway and 3 reference workers (one per bundle)...",
+            flush=True,
+        )
+        cfg = StackConfig(
+            kubeconfig=str(kubeconfig),
+            namespaces=[NAMESPACE],
+            workers=(
+                ("worker-default", "default"),
+                ("worker-sglang", "sglang"),
+                ("worker-transformers5", "transformers5"),
+            ),
+        )
         with Stack(cfg, work) as stack:
             print(
                 f"\n  export KUBECONFIG={kubeconfig}\n  Config API: {stack.config_url}   "

@@ -45,9 +45,13 @@ class Kube:
             if obj is not None and predicate(obj):
                 return obj
             time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {name} {what}; last status: {json.dumps((obj or {}).get('status'))}")
+        raise AssertionError(
+            f"timed out waiting for {name} {what}; last status: {json.dumps((obj or {}).get('status'))}"
+        )
 
-    def wait_ready(self, name: str, status: str = "True", reason: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    def wait_ready(
+        self, name: str, status: str = "True", reason: str | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         def ok(obj: dict[str, Any]) -> bool:
             gen = obj["metadata"].get("generation")
             st = obj.get("status") or {}
@@ -65,7 +69,9 @@ class Kube:
         return list(json.loads(r.stdout).get("items") or [])
 
 
-def model_manifest(name: str, sie_id: str, profiles: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+def model_manifest(
+    name: str, sie_id: str, profiles: dict[str, Any] | None = None, **spec: Any
+) -> dict[str, Any]:
     profiles = profiles or {
         "default": {"adapterPath": "sie_server.adapters.bert_flash:BertFlashAdapter", "maxBatchTokens": 8192}
     }

@@ -41,17 +41,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="namespace to watch (repeatable; env SIE_WATCH_NAMESPACES, comma list; default: POD_NAMESPACE)",
     )
     k.add_argument("--all-namespaces", action="store_true", help="watch ModelConfigs in every namespace")
-    k.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    k.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
+    )
     k.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port (/healthz)")
-    k.add_argument("--resync-seconds", type=float, default=15.0, help="status re-check interval when all is Ready")
+    k.add_argument(
+        "--resync-seconds", type=float, default=15.0, help="status re-check interval when all is Ready"
+    )
     g = parser.add_argument_group("gateway readiness")
     g.add_argument(
-        "--gateway-url", action="append", default=None, help="gateway replica URL (repeatable; env SIE_GATEWAY_URLS)"
+        "--gateway-url",
+        action="append",
+        default=None,
+        help="gateway replica URL (repeatable; env SIE_GATEWAY_URLS)",
     )
     g.add_argument("--gateway-service", default=None, help="find replicas via this Service's EndpointSlices")
-    g.add_argument("--gateway-namespace", default=None, help="namespace of --gateway-service (default: POD_NAMESPACE)")
+    g.add_argument(
+        "--gateway-namespace", default=None, help="namespace of --gateway-service (default: POD_NAMESPACE)"
+    )
     g.add_argument("--gateway-port", type=int, default=8080, help="gateway HTTP port when discovered")
-    g.add_argument("--gateway-token", default=None, help="inference token for the gateway (env SIE_GATEWAY_TOKEN)")
+    g.add_argument(
+        "--gateway-token", default=None, help="inference token for the gateway (env SIE_GATEWAY_TOKEN)"
+    )
 
 
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,7 +87,9 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         "all_namespaces": bool(args.all_namespaces),
         "gateway_urls": urls,
         "gateway_service": service,
-        "gateway_namespace": args.gateway_namespace or env.get("POD_NAMESPACE") or (namespaces[0] if namespaces else "default"),
+        "gateway_namespace": args.gateway_namespace
+        or env.get("POD_NAMESPACE")
+        or (namespaces[0] if namespaces else "default"),
         "gateway_token": args.gateway_token or env.get("SIE_GATEWAY_TOKEN"),
     }
 
@@ -131,9 +144,8 @@ async def _main(args: argparse.Namespace, opts: dict[str, Any], settings: Any, c
         reconciler.kick()
         try:
             await asyncio.wait_for(writer, timeout=5)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             writer.cancel()
         await fleet.close()
         await kube.close()
         await configsvc_command.stop_service(service, runner)
-

@@ -136,9 +136,11 @@ class FleetReader:
     async def _fetch(self, models: Sequence[str] | None) -> FleetSnapshot:
         try:
             urls = await self.discovery.resolve()
-        except Exception as exc:  # noqa: BLE001 - discovery failure is reported as unreachable
+        except Exception as exc:
             log.warning("gateway discovery failed: %s", exc)
-            snap = FleetSnapshot((GatewayView("discovery", "discovery", False, f"discovery: {exc}"),), time.monotonic())
+            snap = FleetSnapshot(
+                (GatewayView("discovery", "discovery", False, f"discovery: {exc}"),), time.monotonic()
+            )
             self.last = snap
             return snap
         views = await asyncio.gather(*(self._one(u, models) for u in urls))
@@ -153,13 +155,15 @@ class FleetReader:
                 if resp.status != 200:
                     return GatewayView(url, url, False, f"{url}: HTTP {resp.status}")
                 data = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             return GatewayView(url, url, False, f"{url}: {type(exc).__name__} {exc}".strip())
         if not isinstance(data, dict):
             return GatewayView(url, url, False, f"{url}: unexpected response")
         entries = data.get("models") or []
         models_map = {
-            str(m.get("model_id", "")).lower(): m for m in entries if isinstance(m, dict) and m.get("model_id")
+            str(m.get("model_id", "")).lower(): m
+            for m in entries
+            if isinstance(m, dict) and m.get("model_id")
         }
         return GatewayView(
             key=url,

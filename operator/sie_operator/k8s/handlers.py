@@ -28,13 +28,20 @@ def build_registry(reconciler: Reconciler) -> kopf.OperatorRegistry:
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="modelconfig_claims")  # type: ignore[arg-type]
-    def modelconfig_claims(namespace: str | None, spec: Any, meta: Any, status: Any, **_: Any) -> dict[Any, Any]:
+    def modelconfig_claims(
+        namespace: str | None, spec: Any, meta: Any, status: Any, **_: Any
+    ) -> dict[Any, Any]:
         claim = (meta.get("creationTimestamp") or "", meta.get("name"), holds_claim(status))
         return {(namespace, spec.get("sieId")): claim}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="modelconfig_event")  # type: ignore[arg-type]
     async def modelconfig_event(
-        event: Any, body: Any, namespace: str | None, spec: Any, modelconfig_claims: kopf.Index[Any, Any], **_: Any
+        event: Any,
+        body: Any,
+        namespace: str | None,
+        spec: Any,
+        modelconfig_claims: kopf.Index[Any, Any],
+        **_: Any,
     ) -> None:
         claims = list(modelconfig_claims.get((namespace, spec.get("sieId")), []))
         await reconciler.observe(event.get("type"), dict(body), claims)

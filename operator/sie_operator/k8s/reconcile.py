@@ -18,21 +18,21 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
 from ..catalog.registry import CaseConflict, ContentConflict, ValidationFailed
 from ..kube.client import KubeClient, KubeError
 from .fleet import FleetReader, FleetSnapshot
-from .spec import spec_to_sie
+from .spec import API_GROUP, API_VERSION, KIND, PLURAL, spec_to_sie
 from .status import StoreOutcome, compute_status, status_changed
 
 log = logging.getLogger(__name__)
 
-from .spec import API_GROUP as GROUP  # noqa: E402 - one place for the resource coordinates
-from .spec import API_VERSION as VERSION  # noqa: E402
-from .spec import KIND, PLURAL  # noqa: E402
+GROUP, VERSION = API_GROUP, API_VERSION
+__all__ = ["GROUP", "KIND", "PLURAL", "VERSION", "Reconciler", "holds_claim"]
+
 STALLED_KINDS = frozenset({"invalid", "unroutable", "duplicate", "conflict"})
 TRANSIENT_KINDS = frozenset({"nats_unavailable", "store_error"})
 
@@ -54,7 +54,7 @@ class ApplyResultLike(Protocol):
 class ConfigServiceLike(Protocol):
     """What the reconciler needs of configsvc.service.ConfigService."""
 
-    async def apply(self, body: dict[str, Any], *, source: str = "api") -> Any: ...
+    async def apply(self, body: dict[str, Any], *, source: Literal["api", "filesystem"] = "api") -> Any: ...
 
 
 def classify_exception(exc: BaseException) -> StoreOutcome | None:
@@ -76,11 +76,14 @@ def classify_exception(exc: BaseException) -> StoreOutcome | None:
         return StoreOutcome("conflict", str(exc))
     if isinstance(exc, ValidationFailed):
         text = "; ".join(exc.messages)
-        kind = "unroutable" if ("bundle" in text and ("not in any known" in text or "resolve" in text)) else "invalid"
-        return StoreOutcome(kind, text)
+        if "bundle" in text and ("not in any known" in text or "resolve" in text):
+            return StoreOutcome("unroutable", text)
+        return StoreOutcome("invalid", text)
     name = type(exc).__name__
     if name == "NatsUnavailable":
-        return StoreOutcome("nats_unavailable", "NATS is not connected; the change will be published when it is")
+        return StoreOutcome(
+            "nats_unavailable", "NATS is not connected; the change will be published when it is"
+        )
     if name == "StoreError":
         return StoreOutcome("store_error", f"the config store failed: {exc}")
     return None
@@ -113,7 +116,7 @@ class Tracked:
     def ready(self) -> bool:
         for c in (self.status or {}).get("conditions") or []:
             if c.get("type") == "Ready":
-                return bool(c.get("status") == "True") and c.get("observedGeneration") == self.generation
+                return c.get("status") == "True" and bool(c.get("observedGeneration") == self.generation)
         return False
 
     def ref(self) -> dict[str, Any]:
@@ -133,7 +136,7 @@ def holds_claim(status: Mapping[str, Any] | None) -> bool:
     """Whether a resource's status shows it owns its sieId (it was reconciled, not as a duplicate)."""
     for c in (status or {}).get("conditions") or []:
         if c.get("type") == "Ready":
-            return c.get("reason") != "DuplicateSieId"
+            return bool(c.get("reason") != "DuplicateSieId")
     return False
 
 
@@ -276,7 +279,7 @@ class Reconciler:
             return outcome
         try:
             result = await self.service.apply(doc, source="api")
-        except Exception as exc:  # noqa: BLE001 - mapped to a status reason below
+        except Exception as exc:
             mapped = classify_exception(exc)
             if mapped is None:
                 log.exception("unexpected failure applying %s/%s", t.namespace, t.name)
@@ -301,7 +304,9 @@ class Reconciler:
             if result.warnings:
                 await self._event(t, "PublishFailed", f"{stored}; {'; '.join(result.warnings)}", warning=True)
             elif self.publishes and entry is not None:
-                await self._event(t, "Published", f"{stored}; published to bundles {', '.join(entry.bundles)} over NATS")
+                await self._event(
+                    t, "Published", f"{stored}; published to bundles {', '.join(entry.bundles)} over NATS"
+                )
             else:
                 await self._event(t, "Accepted", stored)
         return StoreOutcome("accepted", epoch=int(result.epoch), profiles=profiles)
@@ -325,14 +330,14 @@ class Reconciler:
             try:
                 await asyncio.wait_for(self._kick.wait(), timeout=timeout)
                 await asyncio.sleep(0.02)  # let a burst of events land in one round
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._kick.clear()
             if stop.is_set():
                 break
             try:
                 await self.refresh_once()
-            except Exception:  # noqa: BLE001 - keep the writer alive; next round retries
+            except Exception:
                 log.exception("status refresh failed")
                 await asyncio.sleep(self.fast_interval)
 
@@ -375,13 +380,15 @@ class Reconciler:
                     return
                 log.warning("status patch of %s/%s failed: %s", t.namespace, t.name, exc)
                 return
-            except Exception as exc:  # noqa: BLE001 - network trouble: retried next round
+            except Exception as exc:
                 log.warning("status patch of %s/%s failed: %s", t.namespace, t.name, exc)
                 return
             self.status_writes += 1
             t.status = status
             if t.ready and not was_ready:
-                await self._event(t, "Ready", f"model {t.sie_id} is acked by every worker on every gateway replica")
+                await self._event(
+                    t, "Ready", f"model {t.sie_id} is acked by every worker on every gateway replica"
+                )
 
     # -- events ------------------------------------------------------------------------
     async def _event_once(self, t: Tracked, reason: str, message: str, *, warning: bool = False) -> None:
@@ -401,5 +408,5 @@ class Reconciler:
                 type_="Warning" if warning else "Normal",
                 now=utcnow(),
             )
-        except Exception as exc:  # noqa: BLE001 - an Event is best effort
+        except Exception as exc:
             log.debug("event %s for %s/%s not posted: %s", reason, t.namespace, t.name, exc)

@@ -36,6 +36,7 @@ bench: setup
 
 crd: deps
 	sie-operator crd > crds/modelconfig.yaml
+	cp crds/modelconfig.yaml charts/sie-operator/crds/modelconfig.yaml
 
 e2e-kind:
 	e2e/kind/run.sh

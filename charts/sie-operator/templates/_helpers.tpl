@@ -1,0 +1,153 @@
+{{/* Names ------------------------------------------------------------------------------ */}}
+
+{{- define "sie-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* <release>-sie-operator, or <release> when it already contains the chart name. Kept at 45
+characters so suffixed names (-gateway-headless) stay valid DNS labels. */}}
+{{- define "sie-operator.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 45 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sie-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "sie-operator.gatewayName" -}}{{ include "sie-operator.fullname" . }}-gateway{{- end -}}
+{{- define "sie-operator.gatewayHeadlessName" -}}{{ include "sie-operator.fullname" . }}-gateway-headless{{- end -}}
+{{- define "sie-operator.workerName" -}}{{ include "sie-operator.fullname" . }}-worker{{- end -}}
+{{- define "sie-operator.natsName" -}}{{ include "sie-operator.fullname" . }}-nats{{- end -}}
+{{- define "sie-operator.bundlesName" -}}{{ include "sie-operator.fullname" . }}-bundles{{- end -}}
+{{- define "sie-operator.storeClaimName" -}}
+{{- .Values.store.persistence.existingClaim | default (printf "%s-store" (include "sie-operator.fullname" .)) -}}
+{{- end -}}
+
+{{- define "sie-operator.operatorServiceAccountName" -}}
+{{- .Values.operator.serviceAccount.name | default (include "sie-operator.fullname" .) -}}
+{{- end -}}
+{{- define "sie-operator.gatewayServiceAccountName" -}}
+{{- .Values.gateway.serviceAccount.name | default (include "sie-operator.gatewayName" .) -}}
+{{- end -}}
+{{- define "sie-operator.workerServiceAccountName" -}}
+{{- .Values.workers.serviceAccount.name | default (include "sie-operator.workerName" .) -}}
+{{- end -}}
+
+{{/* Labels ----------------------------------------------------------------------------- */}}
+
+{{- define "sie-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sie-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "sie-operator.labels" -}}
+helm.sh/chart: {{ include "sie-operator.chart" . }}
+{{ include "sie-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: sie-operator
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Wiring ----------------------------------------------------------------------------- */}}
+
+{{- define "sie-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* The Config API URL gateways and workers bootstrap from. */}}
+{{- define "sie-operator.configServiceUrl" -}}
+{{- printf "http://%s.%s.svc:%d" (include "sie-operator.fullname" .) .Release.Namespace (int .Values.operator.service.port) -}}
+{{- end -}}
+
+{{/* The NATS URL every component uses; empty when there is no NATS at all. */}}
+{{- define "sie-operator.natsUrl" -}}
+{{- if .Values.nats.external.url -}}
+{{- .Values.nats.external.url -}}
+{{- else if .Values.nats.builtin.enabled -}}
+{{- printf "nats://%s.%s.svc:4222" (include "sie-operator.natsName" .) .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sie-operator.builtinNats" -}}
+{{- if and .Values.nats.builtin.enabled (not .Values.nats.external.url) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "sie-operator.watchNamespaces" -}}
+{{- if .Values.watchNamespaces -}}
+{{- toJson (uniq .Values.watchNamespaces) -}}
+{{- else -}}
+{{- toJson (list .Release.Namespace) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* PodSecurity "restricted": pod and container parts. */}}
+{{- define "sie-operator.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "sie-operator.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* SIE_ADMIN_TOKEN from its Secret, if one is configured. */}}
+{{- define "sie-operator.adminTokenEnv" -}}
+{{- with .Values.auth.adminToken.existingSecret }}
+- name: SIE_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.auth.adminToken.key }}
+{{- end }}
+{{- end -}}
+
+{{- define "sie-operator.podNameEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end -}}
+
+{{/* The operator's rules in each namespace it serves (Role or ClusterRole). Exactly the verbs it
+uses; e2e/test_chart_rbac.py removes each one in turn and shows what breaks. */}}
+{{- define "sie-operator.operatorRules" -}}
+# kopf lists and watches ModelConfigs.
+- apiGroups: ["sie.dev"]
+  resources: ["modelconfigs"]
+  verbs: ["list", "watch"]
+# Status is the operator's only write to a ModelConfig (merge patch of /status).
+- apiGroups: ["sie.dev"]
+  resources: ["modelconfigs/status"]
+  verbs: ["patch"]
+# Events on ModelConfigs (accepted, published, ready, refusals).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end -}}

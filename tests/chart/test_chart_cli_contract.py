@@ -1,0 +1,129 @@
+"""The chart's container args and env, fed to the real CLI parsers and settings loaders.
+
+Why: the chart and the CLI are written separately; a renamed flag or a variable the process
+does not read would only show as a CrashLoopBackOff in a cluster. Here each rendered
+container command line is parsed by ``sie-operator``'s own parser and its environment is
+resolved by each component's own settings code, with the kubelet's substitutions applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chartlib import CHART, FULLNAME, NAMESPACE, REPO, Obj, args, container, env, find, load_yaml, one, render
+
+from sie_operator.cli import build_parser
+from sie_operator.configsvc.command import settings_from_args
+from sie_operator.gateway.deltas import is_trusted, parse_producer_list
+from sie_operator.gateway.settings import from_args as gateway_settings
+
+POD = "pod-7d4b9"
+ALL_VALUES = load_yaml(CHART / "ci" / "all-values.yaml")
+CONFIGS = {
+    "default": {},
+    "cluster-wide": {"rbac.clusterWide": True},
+    "workers": {"workers.enabled": True, "workers.bundles": {"default": 1, "sglang": 1}},
+    "all": dict(ALL_VALUES),
+    "producer": {"operator.producerId": "acme-config", "workers.enabled": True},
+}
+
+
+def kubelet_env(c: Obj) -> dict[str, str]:
+    """Env as the container sees it: downward API and Secrets filled in, $(VAR) expanded."""
+    out: dict[str, str] = {}
+    for name, value in env(c).items():
+        if isinstance(value, dict):
+            if "fieldRef" in value:
+                path = value["fieldRef"]["fieldPath"]
+                value = {"metadata.name": POD, "metadata.namespace": NAMESPACE}.get(path, "node-1")
+            else:
+                ref = value.get("secretKeyRef") or value.get("configMapKeyRef") or {}
+                value = f"from-{ref.get('name')}-{ref.get('key')}"
+        out[name] = re.sub(r"\$\((\w+)\)", lambda m: out.get(m.group(1), m.group(0)), value)
+    return out
+
+
+def kubelet_args(c: Obj, environ: dict[str, str]) -> list[str]:
+    return [re.sub(r"\$\((\w+)\)", lambda m: environ.get(m.group(1), m.group(0)), a) for a in args(c)]
+
+
+def parse(c: Obj) -> tuple[argparse.Namespace, dict[str, str]]:
+    environ = kubelet_env(c)
+    ns = build_parser().parse_args(kubelet_args(c, environ))
+    return ns, environ
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_operator_command_line_and_env(config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sie_operator.k8s.command import _resolve
+
+    objs = render(CONFIGS[config])
+    ns, environ = parse(container(one(objs, "Deployment", FULLNAME)))
+    assert ns.command == "run"
+    settings = settings_from_args(ns, environ)
+    assert settings.port == 8080 and settings.host == "0.0.0.0"
+    assert settings.store_dir == Path("/var/lib/sie-operator")
+    assert settings.restore is True
+    if "SIE_NATS_URL" in environ:
+        assert settings.nats_url == environ["SIE_NATS_URL"]
+    for var in list(os.environ):
+        if var.startswith(("SIE_", "POD_")):
+            monkeypatch.delenv(var)
+    for k, v in environ.items():
+        monkeypatch.setenv(k, v)
+    opts = _resolve(ns)
+    assert opts["gateway_service"] == f"{FULLNAME}-gateway-headless"
+    assert opts["gateway_namespace"] == NAMESPACE
+    assert opts["all_namespaces"] == (config == "cluster-wide")
+    if config != "cluster-wide":
+        assert opts["namespaces"] == (ALL_VALUES["watchNamespaces"] if config == "all" else [NAMESPACE])
+    # every component that receives deltas trusts what the operator publishes
+    producer = settings.producer_id
+    assert POD in producer
+    receivers = [
+        container(one(objs, "Deployment", f"{FULLNAME}-gateway")),
+        *map(container, find(objs, "StatefulSet")),
+    ]
+    for c in receivers:
+        trusted = parse_producer_list(kubelet_env(c).get("SIE_NATS_CONFIG_TRUSTED_PRODUCERS"))
+        assert is_trusted(producer, trusted), (c["name"], producer, trusted)
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_gateway_command_line_and_env(config: str) -> None:
+    objs = render(CONFIGS[config])
+    ns, environ = parse(container(one(objs, "Deployment", f"{FULLNAME}-gateway")))
+    assert ns.command == "gateway"
+    s: Any = gateway_settings(ns, environ)
+    assert s.config_url == f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
+    assert s.kubernetes is True and s.k8s_namespace == NAMESPACE
+    assert s.k8s_service == f"{FULLNAME}-worker" and s.k8s_port == 8080
+    assert s.gateway_id == POD and s.port == 8080
+    assert s.auth.enabled == (config == "all")
+
+
+@pytest.mark.parametrize("config", ["workers", "all", "producer"])
+def test_worker_command_line(config: str) -> None:
+    objs = render(CONFIGS[config])
+    for sts in find(objs, "StatefulSet"):
+        ns, _ = parse(container(sts))
+        assert ns.command == "worker"
+        assert ns.name == POD and ns.bundle == sts["metadata"]["labels"]["sie.dev/bundle"]
+        assert ns.config_url == f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
+
+
+def test_image_user_matches_the_chart() -> None:
+    """The Dockerfile's user is the uid the chart's pods run as (fsGroup owns the store)."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    assert re.search(r"^USER 10001:10001$", dockerfile, re.M)
+    assert 'ENTRYPOINT ["sie-operator"]' in dockerfile
+    for obj in render(dict(ALL_VALUES)):
+        if obj["kind"] in ("Deployment", "StatefulSet") and not obj["metadata"]["name"].endswith("-nats"):
+            ctx = obj["spec"]["template"]["spec"]["securityContext"]
+            assert ctx["runAsUser"] == ctx["runAsGroup"] == ctx["fsGroup"] == 10001

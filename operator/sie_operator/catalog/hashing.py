@@ -126,15 +126,19 @@ class BundleHasher:
         if not self._checkpoints:
             h = hashlib.sha256(b"[")
             self._checkpoints.append(h.copy())
-        start = (len(self._checkpoints) - 1) * _CHECKPOINT_EVERY
-        h = self._checkpoints[-1].copy()
-        ids, frags = self._ids, self._frags
-        for i in range(start, len(ids)):
-            if i and i % _CHECKPOINT_EVERY == 0 and i // _CHECKPOINT_EVERY == len(self._checkpoints):
-                self._checkpoints.append(h.copy())
+        cps = self._checkpoints
+        i = (len(cps) - 1) * _CHECKPOINT_EVERY
+        h = cps[-1].copy()
+        ids, frags, n = self._ids, self._frags, len(self._ids)
+        # one C-level join and update per checkpoint span, not two Python calls per fragment
+        while i < n:
+            j = min(i + _CHECKPOINT_EVERY, n)
             if i:
                 h.update(b",")
-            h.update(frags[ids[i]])
+            h.update(b",".join([frags[k] for k in ids[i:j]]))
+            i = j
+            if i < n and i // _CHECKPOINT_EVERY == len(cps):
+                cps.append(h.copy())
         h.update(b"]")
         self._hash = h.hexdigest()
         return self._hash

@@ -1,0 +1,138 @@
+"""Configuration of the config service: SIE's environment variables, overridable by flags.
+
+Built once at startup and validated (pydantic), so a bad value is a one-line error before
+anything listens. Tokens are read here once (SIE re-reads the environment per request).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sie_operator.store.fs import Durability
+
+MAX_BODY_BYTES = 1_048_576
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used; ``str(exc)`` is one line."""
+
+
+def parse_bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise SettingsError(f"{name}={value!r} is not a boolean (use true or false)")
+
+
+def default_store_dir(env: Mapping[str, str]) -> Path:
+    """``$XDG_STATE_HOME/sie-operator/config-store`` (``~/.local/state`` when unset)."""
+    state = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "state")
+    return Path(state) / "sie-operator" / "config-store"
+
+
+def default_producer_id(env: Mapping[str, str]) -> str:
+    """``sie-config-<POD_NAME or hostname>``: SIE gateways trust ``sie-config`` and ``sie-config-*``."""
+    suffix = env.get("POD_NAME") or env.get("HOSTNAME") or socket.gethostname() or "local"
+    if suffix == "sie-config" or suffix.startswith("sie-config-"):
+        return suffix
+    return f"sie-config-{suffix}"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    bundles_dir: Path | None = None  # None: the bundles shipped in the package
+    models_dir: Path | None = None  # None: no baseline models
+    store_dir: Path | None = None  # None: in-memory only (embedding/tests); the CLI always sets one
+    store_durability: Durability = "journal"
+    restore: bool = True
+    nats_url: str | None = None
+    producer_id: str = "sie-config"
+    auth_token: str | None = None
+    admin_token: str | None = None
+    max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1)
+    idempotency_capacity: int = Field(default=1000, ge=1)
+    idempotency_ttl: float = Field(default=24 * 3600.0, gt=0)
+    idempotency_wait: float = Field(default=30.0, gt=0)
+    nats_connect_timeout: float = Field(default=2.0, gt=0)
+    nats_reconnect_wait: float = Field(default=2.0, gt=0)
+    nats_flush_timeout: float = Field(default=2.0, gt=0)
+    checkpoint_interval: float = Field(default=0.5, gt=0)
+
+    @field_validator("producer_id")
+    @classmethod
+    def _producer_id_shape(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v):
+            raise ValueError("producer id must be non-empty and contain no whitespace")
+        return v
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url_shape(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        for url in v.split(","):
+            parsed = urlsplit(url if "://" in url else f"nats://{url}")
+            try:
+                parsed.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError as exc:
+                raise ValueError(f"{url!r} has an invalid port") from exc
+            if parsed.scheme not in ("nats", "tls", "ws", "wss") or not parsed.hostname:
+                raise ValueError(f"{url!r} is not a NATS URL (e.g. nats://127.0.0.1:4222)")
+        return v
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """SIE's variables from ``env`` (default ``os.environ``); non-None overrides win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+
+        def path_var(name: str) -> Path | None:
+            raw = env.get(name)
+            return Path(raw).expanduser() if raw else None
+
+        values["bundles_dir"] = path_var("SIE_BUNDLES_DIR")
+        values["models_dir"] = path_var("SIE_MODELS_DIR")
+        store = env.get("SIE_CONFIG_STORE_DIR")
+        if store and "://" in store:
+            raise SettingsError(
+                f"SIE_CONFIG_STORE_DIR={store!r}: only a local directory is supported (no s3:// or gs://)"
+            )
+        values["store_dir"] = Path(store).expanduser() if store else default_store_dir(env)
+        if env.get("SIE_CONFIG_RESTORE", "").strip():
+            values["restore"] = parse_bool("SIE_CONFIG_RESTORE", env["SIE_CONFIG_RESTORE"])
+        durability = env.get("SIE_CONFIG_STORE_DURABILITY", "").strip()
+        if durability:
+            values["store_durability"] = durability
+        values["nats_url"] = env.get("SIE_NATS_URL") or None
+        values["auth_token"] = env.get("SIE_AUTH_TOKEN")
+        values["admin_token"] = env.get("SIE_ADMIN_TOKEN")
+        values["producer_id"] = env.get("SIE_PRODUCER_ID") or default_producer_id(env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise SettingsError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from exc
+
+    def describe(self) -> str:
+        return (
+            f"store={self.store_dir or '(memory)'} durability={self.store_durability} restore={self.restore} "
+            f"bundles={self.bundles_dir or '(shipped)'} models={self.models_dir or '(none)'} "
+            f"nats={self.nats_url or '(disabled)'} producer_id={self.producer_id}"
+        )

@@ -37,9 +37,10 @@ def test_commit_is_visible_at_once_durable_and_in_sie_layout(tmp_path: Path, dur
     store.commit([("acme/bert", text + "description: x\n"), ("other/m", model_yaml("other/m"))], 3)
     assert (tmp_path / "s" / "epoch").read_text() == "3"
     store.close()
-    # a clean stop leaves exactly SIE's layout
+    # a clean stop leaves SIE's layout (epoch, models/) plus our per-model epoch index
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if not p.name.startswith(".")) == [
         "epoch",
+        "model-epochs",
         "models",
     ]
     again = _open(tmp_path / "s", durability)
@@ -266,3 +267,36 @@ def test_unwritable_base_is_a_clear_error(tmp_path: Path) -> None:
         ro.mkdir(mode=0o500)
         with pytest.raises(StoreError):
             _open(ro / "store")
+
+
+@pytest.mark.parametrize("durability", ["journal", "sync"])
+def test_each_model_keeps_the_epoch_of_its_own_write_across_restarts(tmp_path: Path, durability: str) -> None:
+    """Status reports the epoch that made a model durable; a restart must not move it."""
+    base = tmp_path / "s"
+    store = _open(base, durability)
+    store.commit([("a/one", "sie_id: a/one\n")], 1)
+    store.commit([("a/two", "sie_id: a/two\n")], 2)
+    store.commit([("a/one", "sie_id: a/one\nx: 1\n")], 3)
+    store.commit([("a/three", "sie_id: a/three\n")], 4)
+    store.close()
+    again = _open(base, durability)
+    assert {m.model_id: m.epoch for m in again.load_all()} == {"a/one": 3, "a/two": 2, "a/three": 4}
+    again.close()
+
+
+def test_per_model_epochs_survive_a_crash_through_the_journal(tmp_path: Path) -> None:
+    base = tmp_path / "s"
+    _crash_after_three_commits(base)
+    store = _open(base)
+    assert {m.model_id: m.epoch for m in store.load_all()} == {"a/m1": 1, "a/m2": 2, "a/m3": 3}
+    store.close()
+
+
+def test_a_store_written_by_sie_has_no_per_model_epochs(tmp_path: Path) -> None:
+    base = tmp_path / "s"
+    (base / "models").mkdir(parents=True)
+    (base / "models" / "a__m.yaml").write_text("sie_id: a/m\n")
+    (base / "epoch").write_text("7")
+    store = _open(base)
+    assert [(m.model_id, m.epoch) for m in store.load_all()] == [("a/m", None)]
+    store.close()

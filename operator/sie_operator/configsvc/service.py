@@ -362,7 +362,10 @@ class ConfigService:
             if not plan.changed:
                 continue
             text = sm.text if same_value(plan.doc, doc) else yamlemit.dump(plan.doc)
-            registry.apply(plan, yaml_text=text, epoch=epoch)
+            # the epoch recorded for this model's last write; SIE-written stores have none,
+            # and then the store epoch is the safe upper bound
+            model_epoch = sm.epoch if sm.epoch is not None and sm.epoch <= epoch else epoch
+            registry.apply(plan, yaml_text=text, epoch=model_epoch)
             self._warn_unroutable(plan, f"stored model {sm.model_id}")
 
     def _warn_unroutable(self, plan: WritePlan, what: str) -> None:

@@ -5,6 +5,7 @@ Layout (readable by SIE's own store code)::
     <base>/models/<id with / as __>.yaml   one file per model, the full merged document
     <base>/epoch                           a bare decimal integer, no newline
     <base>/wal/<seq>.log                   our write-ahead journal (absent after a clean stop)
+    <base>/model-epochs                    ours: "<epoch> <model id>" per write, last line wins
     <base>/.lock                           flock held while a process owns the store
 
 Why a journal: making one model file and the epoch durable the textbook way (temp file,
@@ -24,6 +25,12 @@ harmless, but never content without its epoch bump).
 
 The epoch never goes backwards: a corrupt or missing epoch file (with models present)
 stops startup with a message saying how to repair it, instead of silently restarting at 0.
+Why ``model-epochs``: status reports the epoch of the write that made a model's content
+durable; without recording it, a restart could only say "some epoch up to the current
+one", and every ModelConfig's status would change on each operator restart. SIE's own
+service ignores the file, and a store without it (written by SIE) falls back to the
+store epoch for each model.
+
 All methods block; the service calls them through ``asyncio.to_thread``.
 """
 
@@ -54,6 +61,7 @@ EPOCH_FILE = "epoch"
 MODELS_DIR = "models"
 WAL_DIR = "wal"
 LOCK_FILE = ".lock"
+MODEL_EPOCHS_FILE = "model-epochs"
 MAX_EPOCH = 2**63 - 1
 _HEADER = struct.Struct(">4sII")  # magic, payload length, crc32(payload)
 _MAGIC = b"SIEJ"
@@ -74,6 +82,7 @@ class StoredModel:
     model_id: str
     path: Path
     text: str
+    epoch: int | None = None  # epoch of the write that stored this text, if recorded
 
 
 # -- low-level helpers ------------------------------------------------------------------
@@ -192,6 +201,9 @@ class FileStore:
         self.models_dir = self.base / MODELS_DIR
         self.wal_dir = self.base / WAL_DIR
         self.epoch_path = self.base / EPOCH_FILE
+        self.model_epochs_path = self.base / MODEL_EPOCHS_FILE
+        self.model_epochs: dict[str, int] = {}
+        self._epoch_lines: list[str] = []  # journal mode: recorded at the next checkpoint
         self.durability: Durability = durability
         self.epoch = 0
         self.opened = False
@@ -221,6 +233,7 @@ class FileStore:
         self._acquire_lock()
         try:
             self._clean_tmp()
+            self._load_model_epochs()
             segments = self._segments()
             if segments:
                 self.epoch = self._recover(segments)
@@ -325,6 +338,7 @@ class FileStore:
             records.extend(_decode_records(data, str(path), allow_torn_tail=i == len(segments) - 1))
         epoch = 0
         latest: dict[str, str] = {}
+        written_at: dict[str, int] = {}
         for rec in records:
             e = rec.get("epoch", rec.get("base"))
             if not isinstance(e, int) or e < 0:
@@ -334,6 +348,8 @@ class FileStore:
                 if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
                     raise StoreCorrupt(f"journal in {self.wal_dir} holds a malformed model entry")
                 latest[item[0]] = item[1]
+                if "epoch" in rec:
+                    written_at[item[0]] = e
         # The epoch file is authoritative only when no journal survives; here it may be a
         # half-written replacement, so it only counts if it parses.
         try:
@@ -348,6 +364,7 @@ class FileStore:
             for model_id, text in latest.items():
                 _atomic_write(self._model_path(model_id), text.encode("utf-8"), fsync=True)
             _atomic_write(self.epoch_path, str(epoch).encode("ascii"), fsync=True)
+            self._append_model_epochs([f"{e} {mid}\n" for mid, e in written_at.items()])
             _fsync_dir(self.models_dir)
             _fsync_dir(self.base)
             for _, path in segments:
@@ -377,6 +394,50 @@ class FileStore:
             _atomic_write(self.epoch_path, text, fsync=True)
             _fsync_dir(self.base)
         self._epoch_fd = os.open(self.epoch_path, os.O_WRONLY | os.O_CLOEXEC)
+
+    def _load_model_epochs(self) -> None:
+        """Read the per-model epoch index; compact it when mostly superseded lines."""
+        try:
+            raw = self.model_epochs_path.read_text("utf-8")
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning(
+                "ignoring unreadable %s (%s): models fall back to the store epoch",
+                self.model_epochs_path,
+                exc,
+            )
+            return
+        lines = raw.splitlines()
+        for line in lines:
+            epoch_s, _, mid = line.partition(" ")
+            if epoch_s.isdigit() and mid:
+                self.model_epochs[mid] = int(epoch_s)
+            # a torn last line (crash mid-append) is simply not recorded
+        if len(lines) > 2 * len(self.model_epochs) + 64:
+            text = "".join(f"{e} {mid}\n" for mid, e in sorted(self.model_epochs.items()))
+            try:
+                _atomic_write(self.model_epochs_path, text.encode("utf-8"), fsync=True)
+                _fsync_dir(self.base)
+            except OSError as exc:
+                log.warning("cannot compact %s: %s", self.model_epochs_path, exc)
+
+    def _append_model_epochs(self, lines: Sequence[str]) -> None:
+        """Append and fsync index lines (an append to a new file also needs the dir fsync)."""
+        if not lines:
+            return
+        new = not self.model_epochs_path.exists()
+        fd = os.open(self.model_epochs_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, "".join(lines).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new:
+            _fsync_dir(self.base)
+        for line in lines:
+            epoch_s, _, mid = line.rstrip("\n").partition(" ")
+            self.model_epochs[mid] = int(epoch_s)
 
     def _close_fds(self) -> None:
         for name in ("_seg_fd", "_epoch_fd"):
@@ -454,7 +515,7 @@ class FileStore:
                 text = p.read_text("utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise StoreCorrupt(f"cannot read stored model file {p}: {exc}") from exc
-            out.append(StoredModel(mid, p, text))
+            out.append(StoredModel(mid, p, text, self.model_epochs.get(mid)))
         return sorted(out, key=lambda m: m.model_id)
 
     # -- writes --------------------------------------------------------------------------
@@ -474,8 +535,15 @@ class FileStore:
                 raise StoreError(f"store is unusable until restart: {self.broken}")
             if self.durability == "journal":
                 self._commit_journal(writes, paths, epoch)
+                self._epoch_lines.extend(f"{epoch} {mid}\n" for mid, _ in writes)
+                for mid, _ in writes:
+                    self.model_epochs[mid] = epoch
             else:
                 self._commit_sync(paths, epoch)
+                try:
+                    self._append_model_epochs([f"{epoch} {mid}\n" for mid, _ in writes])
+                except OSError as exc:  # content and epoch are durable; only the index lags
+                    log.warning("cannot record per-model epochs in %s: %s", self.model_epochs_path, exc)
             self.epoch = epoch
 
     def _commit_journal(
@@ -561,11 +629,13 @@ class FileStore:
             if self.broken or not (self._dirty or self._to_delete):
                 return False
             dirty, self._dirty = self._dirty, set()
+            lines, self._epoch_lines = self._epoch_lines, []
             old_fd, old_path = self._seg_fd, self._seg_path
             try:
                 self._open_segment()
             except OSError as exc:
                 self._dirty |= dirty
+                self._epoch_lines[:0] = lines
                 log.warning("store checkpoint: cannot start a new journal segment: %s", exc)
                 return False
             if old_fd is not None:
@@ -576,6 +646,7 @@ class FileStore:
             to_delete = list(self._to_delete)
         try:
             self._sync_files(dirty)
+            self._append_model_epochs(lines)
             for p in to_delete:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
@@ -583,6 +654,7 @@ class FileStore:
         except OSError as exc:
             with self._lock:
                 self._dirty |= dirty
+                self._epoch_lines[:0] = lines
             log.warning("store checkpoint failed (will retry; the journal keeps the data): %s", exc)
             return False
         with self._lock:

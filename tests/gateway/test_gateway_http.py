@@ -17,8 +17,10 @@ from sie_operator.gateway.metrics import GatewayMetrics
 from sie_operator.gateway.mirror import ConfigMirror
 
 
-async def _client(auth: AuthPolicy | None = None, bootstrap: bool = True) -> tuple[TestClient[Any, Any], Any]:
-    svc = FakeService()
+async def _client(
+    auth: AuthPolicy | None = None, bootstrap: bool = True, svc: FakeService | None = None
+) -> tuple[TestClient[Any, Any], Any]:
+    svc = svc or FakeService()
     svc.write(model_doc("BAAI/bge-m3", "default", "dense"))
     svc.write(model_doc("sg/model", adapter=SGLANG))
     metrics = GatewayMetrics()
@@ -91,6 +93,42 @@ async def test_bulk_status(client: TestClient[Any, Any]) -> None:
     assert body["models"][0] == single
     r = await client.get("/v1/configs/status?model=sg/model&model=unknown&model=SG/MODEL")
     assert [m["model_id"] for m in (await r.json())["models"]] == ["sg/model"]
+
+
+async def test_model_granular_fields_survive_writes_of_other_models() -> None:
+    """SIE's fields stay bundle-granular; the model_* fields say who has *this* model."""
+    svc = FakeService()
+    c, ctx = await _client(svc=svc)
+    try:
+        previous = svc.registry.bundle_hash("default")  # what w-a and w-b report
+        for subject, data in svc.write(model_doc("new/model")):  # a third write, w-* not caught up
+            ctx.mirror.on_message(subject, data)
+        r = await c.get("/v1/configs/models/BAAI/bge-m3/status")
+        body = await r.json()
+        (b,) = body["bundles"]
+        assert b["acked_workers"] == [] and b["pending_workers"] == ["w-a", "w-b", "w-c"]
+        assert b["expected_bundle_config_hash"] == svc.registry.bundle_hash("default") != previous
+        assert b["model_acked_workers"] == ["w-a", "w-b"] and b["model_pending_workers"] == ["w-c"]
+        assert b["model_acked"] is False and body["model_acked"] is False  # w-c: hash never seen
+        ctx.table.frame(
+            "http://w3", Frame(name="w-c", ready=True, bundle="default", bundle_config_hash=previous)
+        )
+        body = await (await c.get("/v1/configs/models/BAAI/bge-m3/status")).json()
+        assert body["model_acked"] is True and body["all_bundles_acked"] is False
+        assert body["bundles"][0]["model_acked_workers"] == ["w-a", "w-b", "w-c"]
+        new = await (await c.get("/v1/configs/models/new/model/status")).json()
+        assert new["model_acked"] is False and new["bundles"][0]["model_pending_workers"] == [
+            "w-a",
+            "w-b",
+            "w-c",
+        ]
+        bulk = await (await c.get("/v1/configs/status")).json()
+        by_id = {m["model_id"]: m for m in bulk["models"]}
+        assert by_id["BAAI/bge-m3"] == body and by_id["new/model"] == new
+        sg = by_id["sg/model"]["bundles"][0]  # no workers: never vacuously acked
+        assert sg["model_acked"] is False and by_id["sg/model"]["model_acked"] is False
+    finally:
+        await c.close()
 
 
 async def test_bundles(client: TestClient[Any, Any]) -> None:

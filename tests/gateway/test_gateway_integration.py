@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import orjson
@@ -113,6 +114,40 @@ def test_silent_worker_turns_pending_then_leaves(cluster: Cluster) -> None:
         "it/while-silent", lambda s: acked(s) and s["bundles"][0]["total_eligible_workers"] == 3, "w2 back"
     )
     assert s["bundles"][0]["acked_workers"] == WORKERS
+
+
+def test_a_lagging_worker_still_counts_for_models_it_has(cluster: Cluster) -> None:
+    """W4 localised: a write of B leaves A model-acked on a worker that has not caught up."""
+    cluster.post(model_yaml("it/model-a"))
+    cluster.wait_status("it/model-a", acked, "A acked by every worker")
+    w2 = cluster.workers["w2"][0]
+    w2.signal(signal.SIGSTOP)
+    try:
+        cluster.post(model_yaml("it/model-b"))
+        url = f"{cluster.gw()}/v1/configs/status?model=it/model-a&model=it/model-b"
+
+        def both() -> dict[str, dict[str, Any]] | None:
+            models = {m["model_id"]: m for m in http_json(url)["models"]}
+            line = models["it/model-b"]["bundles"][0]
+            # w2 is silent but still Healthy (heartbeat timeout 3 s): one snapshot shows both
+            ready = line["model_acked_workers"] == ["w0", "w1"] and line["total_eligible_workers"] == 3
+            return models if ready else None
+
+        models = wait_for(both, 2.5, "B model-acked by w0 and w1 while w2 is stopped")
+        a, b = models["it/model-a"], models["it/model-b"]
+        (a_line,), (b_line,) = a["bundles"], b["bundles"]
+        # SIE's bundle-granular view: w2's bundle hash is stale, so A looks pending too ...
+        assert a["all_bundles_acked"] is False and a_line["pending_workers"] == ["w2"]
+        # ... but w2's hash is a bundle state this gateway had after A's write: it has A
+        assert a["model_acked"] is True and a_line["model_acked"] is True
+        assert a_line["model_acked_workers"] == WORKERS and a_line["model_pending_workers"] == []
+        assert b["model_acked"] is False and b_line["model_pending_workers"] == ["w2"]
+    finally:
+        w2.signal(signal.SIGCONT)
+    s = cluster.wait_status(
+        "it/model-b", lambda s: acked(s) and s["bundles"][0]["total_eligible_workers"] == 3, "w2 back"
+    )
+    assert s["model_acked"] is True and s["bundles"][0]["model_acked_workers"] == WORKERS
 
 
 def test_stale_hash_stays_pending(cluster: Cluster) -> None:

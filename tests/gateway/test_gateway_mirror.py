@@ -7,14 +7,18 @@ HTTP/NATS path is covered by test_gateway_integration.py.
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 import orjson
 import pytest
 from gw_helpers import SGLANG, FakeService, fake_client, model_doc, unique_model
 
+from sie_operator.catalog import hashing
+from sie_operator.catalog.bundles import Bundle, BundleSet
+from sie_operator.catalog.registry import same_value
 from sie_operator.gateway.deltas import ALL_SUBJECT
-from sie_operator.gateway.mirror import ConfigMirror, MirrorObserver, build_registry
+from sie_operator.gateway.mirror import ConfigMirror, MirrorObserver, build_registry, carried_over
 
 
 class Recorder(MirrorObserver):
@@ -250,3 +254,152 @@ def test_build_registry_counts_failures_and_keeps_unroutable_models() -> None:
     assert out.epoch == 5 and out.applied == 2 and out.skipped == 1
     assert [m for m, _ in out.failed] == ["x/bad"]
     assert reg.get("x/orphan").bundles == ()  # type: ignore[union-attr]
+
+
+# -- model-granular readiness: mutation numbers and digest history --------------------------
+def _seq(m: ConfigMirror, model_id: str) -> int:
+    value = m.model_seq(model_id)
+    assert value is not None, model_id
+    return value
+
+
+async def test_every_applied_delta_numbers_the_model_and_records_the_bundle_digests() -> None:
+    svc = FakeService()
+    m, _ = make_mirror(svc)
+    await m.bootstrap_once()
+    deliver(m, svc.write(model_doc("n/a")))
+    after_a = svc.registry.bundle_hash("default")
+    deliver(m, svc.write(model_doc("n/b")))
+    doc = model_doc("n/multi")
+    doc["profiles"]["sg"] = {"adapter_path": SGLANG, "max_batch_tokens": 64}
+    deliver(m, svc.write(doc))
+    a, b, multi = _seq(m, "n/a"), _seq(m, "n/b"), _seq(m, "n/multi")
+    assert a < b < multi
+    assert m.hash_seq("default", after_a) == a  # the state a lagging worker may still report
+    assert m.hash_seq("default", m.registry.bundle_hash("default")) == multi
+    assert m.hash_seq("sglang", m.registry.bundle_hash("sglang")) == multi
+    assert m.hash_seq("default", "f" * 64) is None
+    deliver(m, svc.write(model_doc("n/a")))  # nothing new: no mutation, no new number
+    assert _seq(m, "n/a") == a and m.history is not None and m.history.seq == multi
+
+
+async def test_recording_digests_costs_no_extra_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hash-mismatch check already computes each affected bundle's digest once per
+    write; the history reuses exactly that (BundleHasher caches it)."""
+    svc = FakeService()
+    m, rec = make_mirror(svc)
+    await m.bootstrap_once()
+    computed: list[int] = []
+    real = hashing.BundleHasher.digest
+
+    def counting(self: hashing.BundleHasher) -> str:
+        if self._hash is None:
+            computed.append(1)
+        return real(self)
+
+    doc = model_doc("o/multi")
+    doc["profiles"]["sg"] = {"adapter_path": SGLANG, "max_batch_tokens": 64}
+    for msgs, bundles in ((svc.write(model_doc("o/one")), 1), (svc.write(doc), 2)):
+        computed.clear()
+        monkeypatch.setattr(hashing.BundleHasher, "digest", counting)
+        deliver(m, msgs)
+        monkeypatch.setattr(hashing.BundleHasher, "digest", real)
+        assert len(computed) == bundles
+    assert rec.catchups == []
+
+
+async def test_bootstrap_keeps_the_number_of_unchanged_models() -> None:
+    svc = FakeService()
+    svc.write(model_doc("p/keep"))
+    svc.write(model_doc("p/grows"))
+    m, _ = make_mirror(svc)
+    await m.bootstrap_once()
+    deliver(m, svc.write(model_doc("p/live")))
+    before = {mid: _seq(m, mid) for mid in ("p/keep", "p/grows", "p/live")}
+    old_digest = m.registry.bundle_hash("default")
+    svc.write(model_doc("p/lost"))  # never delivered
+    svc.write(model_doc("p/grows", "extra"))  # changed while we were not listening
+    await m.bootstrap_once()
+    assert _seq(m, "p/keep") == before["p/keep"] and _seq(m, "p/live") == before["p/live"]
+    assert _seq(m, "p/lost") == _seq(m, "p/grows") > before["p/live"]  # the bootstrap's number
+    assert m.hash_seq("default", old_digest) == before["p/live"]  # history kept across the swap
+    assert m.hash_seq("default", m.registry.bundle_hash("default")) == _seq(m, "p/lost")
+
+
+async def test_a_bundle_whose_adapters_change_renumbers_its_models() -> None:
+    svc = FakeService()
+    svc.write(model_doc("q/st"))
+    svc.write(model_doc("q/sg", adapter=SGLANG))
+    m, _ = make_mirror(svc)
+    await m.bootstrap_once()
+    st, sg = _seq(m, "q/st"), _seq(m, "q/sg")
+    default = svc.bundles.get("default")
+    assert default is not None
+    widened = Bundle(default.name, default.priority, (*default.adapters, "acme.extra"), default.default)
+    svc.bundles = BundleSet(tuple(widened if b.name == "default" else b for b in svc.bundles.bundles))
+    await m.bootstrap_once()
+    assert _seq(m, "q/st") > st  # its share of "default" may differ now
+    assert _seq(m, "q/sg") == sg
+
+
+def test_carried_over_compares_documents_and_bundles() -> None:
+    svc = FakeService()
+    for mid in ("r/same", "r/more", "r/option", "r/null"):
+        doc = model_doc(mid)
+        doc["profiles"]["default"]["adapter_options"] = {"loadtime": {"pooling": "cls"}}
+        svc.write(doc)
+    old = svc.registry
+    docs = {e.model_id: copy.deepcopy(e.doc) for e in old}
+    # equal for the registry (same_value: a null is an absent key) but not for the bundle hash
+    docs["r/option"]["profiles"]["default"]["adapter_options"]["loadtime"]["normalize"] = None
+    docs["r/null"]["description"] = None  # same_value-equal and not part of any bundle hash
+    body = orjson.dumps({"epoch": 4, "models": [{"model_id": k, "model_config": v} for k, v in docs.items()]})
+    new, outcome = build_registry(list(svc.bundles.bundles), body)
+    assert outcome.applied == 4 and not outcome.failed
+    assert same_value(old.get("r/option").doc, new.get("r/option").doc)  # type: ignore[union-attr]
+    new.put(model_doc("r/more", "extra"))
+    new.put(model_doc("r/new"))
+    carried = carried_over(old, new)
+    assert set(carried) == {"r/same", "r/null"} and carried["r/same"] is old.get("r/same")
+
+
+async def test_a_model_written_during_a_bootstrap_keeps_the_number_of_its_delta() -> None:
+    svc = FakeService()
+    svc.write(model_doc("s/base"))
+    m, _ = make_mirror(svc)
+    await m.bootstrap_once()
+    base = _seq(m, "s/base")
+    gate = asyncio.Event()
+    real_export = svc.export
+
+    async def slow_export() -> bytes:
+        body = await real_export()
+        await gate.wait()
+        return body
+
+    m.client.export = slow_export  # type: ignore[method-assign]
+    msgs = svc.write(model_doc("s/during"))  # in the export's cut ...
+    task = asyncio.create_task(m.bootstrap_once())
+    await asyncio.sleep(0.01)
+    deliver(m, msgs)  # ... and applied live to the old registry meanwhile
+    during = _seq(m, "s/during")
+    gate.set()
+    await task
+    assert _seq(m, "s/during") == during and _seq(m, "s/base") == base
+    assert m.history is not None and m.history.seq > during
+
+
+async def test_history_is_bounded_and_off_in_worker_mode() -> None:
+    svc = FakeService()
+    m, _ = make_mirror(svc, history=2)
+    await m.bootstrap_once()
+    digests = []
+    for i in range(4):
+        deliver(m, svc.write(model_doc(f"t/m{i}")))
+        digests.append(m.registry.bundle_hash("default"))
+    assert m.history is not None and m.history.digests("default") == tuple(digests[-2:])
+    assert m.hash_seq("default", digests[0]) is None
+    worker, _ = make_mirror(svc, bundle="default")
+    await worker.bootstrap_once()
+    assert worker.history is None and worker.model_seq("t/m0") is None
+    assert worker.hash_seq("default", digests[-1]) is None

@@ -21,6 +21,7 @@ from sie_operator.gateway.deltas import (
 )
 from sie_operator.gateway.discovery import WorkerUrlError, parse_worker_urls, slice_urls
 from sie_operator.gateway.health import Frame, Health, WorkerTable, on_disconnect, on_frame, on_sweep
+from sie_operator.gateway.mirror import AckHistory
 from sie_operator.gateway.workers import FrameError, parse_frame, status_url
 from sie_operator.worker.state import ReportedHash, check_bundle_name, status_frame
 
@@ -192,6 +193,10 @@ def test_bundle_entry_acked_and_pending() -> None:
         "acked_workers": ["a", "c"],
         "pending_workers": ["b"],
         "acked": False,
+        # without history the model-granular fields equal the SIE ones
+        "model_acked_workers": ["a", "c"],
+        "model_pending_workers": ["b"],
+        "model_acked": False,
     }
     assert readiness.bundle_entry("default", "h1", [W("a", "h1")])["acked"] is True
 
@@ -217,6 +222,7 @@ def test_model_snapshot_all_acked_and_no_bundles() -> None:
         "model_id": "m",
         "config_epoch": 7,
         "all_bundles_acked": False,
+        "model_acked": False,
         "no_bundles": True,
         "bundles": [],
         "source": "gateway-registry",
@@ -243,6 +249,124 @@ def test_bulk_snapshot_computes_each_bundle_once() -> None:
     assert raw == orjson.dumps(readiness.bulk_snapshot(*args), option=orjson.OPT_SORT_KEYS)  # type: ignore[arg-type]
     assert [m["all_bundles_acked"] for m in body["models"]] == [True, True, False]
     assert body["models"][2]["no_bundles"] is True
+
+
+# -- model-granular readiness ------------------------------------------------------------------
+def test_ack_history_records_newest_seq_and_is_bounded() -> None:
+    h = AckHistory(limit=3)
+    assert h.model_seq("m") is None and h.hash_seq("default", "x") is None
+    s1 = h.bump()
+    h.changed("m", s1)
+    h.record("default", "d1", s1)
+    h.record("default", "", s1)  # an empty bundle has nothing to ack
+    s2 = h.bump()
+    h.record("default", "d2", s2)
+    assert (s1, s2) == (1, 2) and h.model_seq("m") == 1
+    assert h.hash_seq("default", "d1") == 1 and h.hash_seq("default", "d2") == 2
+    assert h.hash_seq("other", "d1") is None
+    s3 = h.bump()
+    h.record("default", "d1", s3)  # the same content again: the newest seq wins ...
+    assert h.hash_seq("default", "d1") == 3
+    assert h.digests("default") == ("d2", "d1")  # ... and it is the most recent again
+    for i in range(4, 6):
+        h.record("default", f"d{i}", h.bump())
+    assert h.digests("default") == ("d1", "d4", "d5") and len(h) == 3  # oldest (d2) dropped
+    assert h.hash_seq("default", "d2") is None  # forgotten: "not known to have" anything
+    h.record("gone", "g1", h.bump())
+    h.rebase({"m": 1, "n": 7}, {"default": "d7"}, 7)
+    assert h.hash_seq("gone", "g1") is None  # bundle no longer exists
+    assert h.hash_seq("default", "d7") == 7 and h.hash_seq("default", "d5") == 5  # kept
+    assert h.model_seq("n") == 7 and h.model_seq("m") == 1
+    with pytest.raises(ValueError):
+        AckHistory(limit=0)
+
+
+# Bundle "default" had digest "old" after mutation 4 and "mid" after 6; it is now at "new" (8).
+LEVELS = {("default", "old"): 4, ("default", "mid"): 6, ("default", "new"): 8}
+
+
+def seq_of(bundle: str, digest: str) -> int | None:
+    return LEVELS.get((bundle, digest))
+
+
+WORKERS = [W("a", "new"), W("b", "old"), W("c", "mid"), W("d", "alien")]
+
+
+def test_worker_on_an_older_recorded_hash_is_model_acked_for_older_models_only() -> None:
+    old_model = readiness.bundle_entry("default", "new", WORKERS, 3, seq_of)  # last changed at 3
+    assert old_model == {
+        "bundle_id": "default",
+        "expected_bundle_config_hash": "new",
+        "total_eligible_workers": 4,
+        # SIE fields unchanged: bundle-granular
+        "acked_workers": ["a"],
+        "pending_workers": ["b", "c", "d"],
+        "acked": False,
+        # b and c hold a bundle state that already had the model's current content;
+        # d's hash was never this replica's: not known to have anything
+        "model_acked_workers": ["a", "b", "c"],
+        "model_pending_workers": ["d"],
+        "model_acked": False,
+    }
+    at_5 = readiness.bundle_entry("default", "new", WORKERS, 5, seq_of)
+    assert at_5["model_acked_workers"] == ["a", "c"] and at_5["model_pending_workers"] == ["b", "d"]
+    at_6 = readiness.bundle_entry("default", "new", WORKERS, 6, seq_of)  # recorded at 6: included
+    assert at_6["model_acked_workers"] == ["a", "c"]
+    newest = readiness.bundle_entry("default", "new", WORKERS, 8, seq_of)
+    assert newest["model_acked_workers"] == ["a"] and newest["model_pending_workers"] == ["b", "c", "d"]
+    unknown_model = readiness.bundle_entry("default", "new", WORKERS, None, seq_of)
+    assert unknown_model["model_acked_workers"] == ["a"]  # only the expected hash counts then
+    fine = [W("a", "new"), W("b", "old")]
+    e = readiness.bundle_entry("default", "new", fine, 2, seq_of)
+    assert e["model_acked"] is True and e["acked"] is False
+    assert readiness.bundle_entry("default", "new", [], 2, seq_of)["model_acked"] is False  # never vacuous
+    # the expected hash acks for every model even if not recorded (e.g. no history)
+    e = readiness.bundle_entry("default", "unrecorded", [W("a", "unrecorded")], 99, seq_of)
+    assert e["model_acked"] is True
+
+
+def test_model_snapshot_model_acked_needs_every_bundle() -> None:
+    groups = {"default": [W("w1", "old")], "sglang": [W("s1", "S")]}
+    hashes = {"default": "new", "sglang": "S"}
+    snap = readiness.snapshot_for(
+        "m", ["default", "sglang"], 9, hashes.__getitem__, lambda b: groups.get(b, []), 3, seq_of
+    )
+    assert snap["model_acked"] is True and snap["all_bundles_acked"] is False
+    snap = readiness.snapshot_for(
+        "m", ["default", "sglang"], 9, hashes.__getitem__, lambda b: groups.get(b, []), 5, seq_of
+    )
+    assert snap["model_acked"] is False
+    assert snap["bundles"][0]["model_pending_workers"] == ["w1"] and snap["bundles"][1]["model_acked"]
+
+
+def test_bulk_snapshot_model_granular_lines_are_shared_per_pending_set() -> None:
+    seqs = {"m/old": 3, "m/older": 1, "m/mid": 5, "m/new": 8, "m/none": None}
+    models = [(m, ["default"]) for m in seqs] + [("m/nobundle", [])]
+    args = ("gw", 4, models, lambda b: "new", lambda b: WORKERS, seqs.get, seq_of)
+    raw = readiness.bulk_snapshot_json(*args)  # type: ignore[arg-type]
+    body = readiness.bulk_snapshot(*args)  # type: ignore[arg-type]
+    assert orjson.loads(raw) == body
+    assert raw == orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    by_id = {m["model_id"]: m for m in body["models"]}
+    assert by_id["m/old"]["bundles"][0]["model_acked_workers"] == ["a", "b", "c"]
+    assert by_id["m/older"]["bundles"][0] == by_id["m/old"]["bundles"][0]
+    assert by_id["m/mid"]["bundles"][0]["model_acked_workers"] == ["a", "c"]
+    assert by_id["m/new"]["bundles"][0]["model_acked_workers"] == ["a"]
+    assert by_id["m/none"]["bundles"][0]["model_acked_workers"] == ["a"]
+    assert by_id["m/nobundle"]["model_acked"] is False and by_id["m/nobundle"]["no_bundles"] is True
+    for m in body["models"]:
+        assert m["all_bundles_acked"] is False
+        single = readiness.snapshot_for(
+            m["model_id"], ["default"] if m["bundles"] else [], 4, lambda b: "new", lambda b: WORKERS,
+            seqs.get(m["model_id"]), seq_of,
+        )  # fmt: skip
+        assert single == m
+    # the lines are memoised per (bundle, model-pending set): "older" and "old" share one
+    view = readiness.BundleView("default", "new", WORKERS, seq_of)
+    assert view.variant(1) == view.variant(3) == 1 and view.variant(5) == 2 and view.variant(8) == 3
+    assert view.entry(1) is view.for_model(3)
+    all_fine = readiness.BundleView("default", "new", [W("a", "new"), W("b", "new")], seq_of)
+    assert {all_fine.variant(s) for s in (1, 5, 8, None)} == {0}  # steady state: one line for all
 
 
 # -- static discovery, frames ----------------------------------------------------------------

@@ -70,10 +70,22 @@ def compute(
     result = compute_status(
         generation=generation, outcome=outcome, gateways=gateways, previous=previous, now=now
     )
-    # Whatever the inputs, the result fits the CRD and the typed status model.
-    assert check(result, STATUS_SCHEMA, "status") == []
-    crd.ModelConfigStatus.model_validate(result)
+    # Whatever the inputs, the result fits the CRD and the typed status model once the API
+    # server has applied it (a null member of a non-nullable field is pruned: the merge
+    # patch's way to delete expectedConfigHash; verified on a real API server).
+    stored = stored_form(result)
+    assert check(stored, STATUS_SCHEMA, "status") == []
+    crd.ModelConfigStatus.model_validate(stored)
     return result
+
+
+def stored_form(value: Any) -> Any:
+    """``value`` without null members, as the API server stores a merge-patched status."""
+    if isinstance(value, dict):
+        return {k: stored_form(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [stored_form(v) for v in value]
+    return value
 
 
 def cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
@@ -108,7 +120,7 @@ def test_ready_when_every_replica_acks_every_bundle() -> None:
     assert s["bundles"] == [
         {
             "bundleId": "default",
-            "expectedConfigHash": "ab" * 32,
+            "expectedConfigHash": None,  # acked: deleted by the merge patch
             "eligibleWorkers": 2,
             "ackedWorkers": ["w1", "w2"],
             "pendingWorkers": [],
@@ -116,7 +128,7 @@ def test_ready_when_every_replica_acks_every_bundle() -> None:
         },
         {
             "bundleId": "sglang",
-            "expectedConfigHash": "ab" * 32,
+            "expectedConfigHash": None,
             "eligibleWorkers": 1,
             "ackedWorkers": ["s1"],
             "pendingWorkers": [],
@@ -402,6 +414,132 @@ def test_status_changed() -> None:
     assert status_changed(changed, old)
     pending = compute(gateways=[gw(snap=PENDING)], previous=old)
     assert status_changed(old, pending)
+
+
+# --------------------------------------------------------------------------- model-granular readiness
+
+
+def gbundle(
+    bid: str,
+    model_acked: Sequence[str] = (),
+    model_pending: Sequence[str] = (),
+    sie_pending: Sequence[str] | None = None,
+    expected: str = "ab" * 32,
+) -> dict[str, Any]:
+    """A bundle line of our gateway: SIE's fields plus the model-granular ones.
+
+    By default every model-acked worker is SIE-pending too (the bundle moved on with
+    writes of other models that the workers have not caught up with yet).
+    """
+    names = sorted([*model_acked, *model_pending])
+    pending = sorted(names if sie_pending is None else sie_pending)
+    return {
+        "bundle_id": bid,
+        "expected_bundle_config_hash": expected,
+        "total_eligible_workers": len(names),
+        "acked_workers": [n for n in names if n not in pending],
+        "pending_workers": pending,
+        "acked": bool(names) and not pending,
+        "model_acked_workers": list(model_acked),
+        "model_pending_workers": list(model_pending),
+        "model_acked": bool(names) and not model_pending,
+    }
+
+
+def gsnapshot(*bundles: dict[str, Any], epoch: int = 7) -> dict[str, Any]:
+    snap = snapshot(*bundles, epoch=epoch)
+    snap["model_acked"] = bool(bundles) and all(b["model_acked"] for b in bundles)
+    return snap
+
+
+def test_model_granular_fields_decide_when_present() -> None:
+    snap = gsnapshot(gbundle("default", model_acked=["w1", "w2"]), gbundle("sglang", model_acked=["s1"]))
+    assert snap["all_bundles_acked"] is False  # SIE: every worker is behind on the bundle
+    s = compute(gateways=[gw("gw-a", snap), gw("gw-b", snap)])
+    assert verdict(s) == ("AllBundlesAcked", "True", "False", "False")
+    assert cond(s, "Ready")["message"] == (
+        "3 worker(s) acked on bundle(s) default, sglang at epoch 7; 2/2 gateways agree"
+    )
+    assert s["bundles"][0] == {
+        "bundleId": "default",
+        "expectedConfigHash": None,
+        "eligibleWorkers": 2,
+        "ackedWorkers": ["w1", "w2"],
+        "pendingWorkers": [],
+        "acked": True,
+    }
+    assert (s["ackedWorkers"], s["pendingWorkers"]) == (3, 0)
+    assert s["gateways"] == {"seen": 2, "agreeing": 2}
+
+
+def test_model_granular_pending_and_no_workers() -> None:
+    snap = gsnapshot(gbundle("default", model_acked=["w1"], model_pending=["w2", "w3"]))
+    s = compute(gateways=[gw(snap=snap)])
+    assert verdict(s)[:2] == ("WorkersPending", "False")
+    assert cond(s, "Ready")["message"] == "1/3 workers acked on bundle default; pending: w2, w3"
+    b = s["bundles"][0]
+    assert (b["ackedWorkers"], b["pendingWorkers"], b["acked"]) == (["w1"], ["w2", "w3"], False)
+    assert b["expectedConfigHash"] == "ab" * 32  # shown while pending: compare with w2's hash
+    assert (s["ackedWorkers"], s["pendingWorkers"]) == (1, 2)
+    s = compute(gateways=[gw(snap=gsnapshot(gbundle("default", model_acked=["w1"]), gbundle("sglang")))])
+    assert verdict(s)[0] == "NoWorkers"
+    assert s["bundles"][1]["expectedConfigHash"] == "ab" * 32 and s["bundles"][1]["acked"] is False
+
+
+def test_sie_fields_are_the_fallback_without_model_granular_ones() -> None:
+    sie_pending = snapshot(bundle("default", acked=["w1"], pending=["w2"]))
+    s = compute(gateways=[gw(snap=sie_pending)])
+    assert verdict(s)[0] == "WorkersPending"
+    assert s["bundles"][0]["pendingWorkers"] == ["w2"] and s["bundles"][0]["expectedConfigHash"] == "ab" * 32
+    s = compute(gateways=[gw(snap=ACKED)])
+    assert verdict(s)[0] == "AllBundlesAcked" and s["bundles"][0]["expectedConfigHash"] is None
+
+
+def test_replicas_agree_on_the_model_granular_state() -> None:
+    lagging = gsnapshot(gbundle("default", model_acked=["w1", "w2"]))  # SIE-pending, model-acked
+    current = gsnapshot(gbundle("default", model_acked=["w1", "w2"], sie_pending=[]))
+    s = compute(gateways=[gw("gw-a", current), gw("gw-b", lagging)])
+    assert verdict(s)[0] == "AllBundlesAcked" and s["gateways"] == {"seen": 2, "agreeing": 2}
+    behind = gsnapshot(gbundle("default", model_acked=["w1"], model_pending=["w2"]))
+    s = compute(gateways=[gw("gw-a", current), gw("gw-b", behind)])
+    assert verdict(s)[0] == "GatewaysDisagree" and s["gateways"]["agreeing"] == 1
+    assert cond(s, "Ready")["message"].endswith(
+        "gateway gw-b: 1/2 workers acked on bundle default; pending: w2"
+    )
+    # a replica whose top-level verdict says no is not overruled by its lines
+    odd = {**current, "model_acked": False}
+    s = compute(gateways=[gw("gw-a", current), gw("gw-b", odd)])
+    assert verdict(s)[0] == "GatewaysDisagree"
+
+
+def test_a_ready_status_does_not_change_when_other_models_are_written() -> None:
+    steady = gsnapshot(gbundle("default", model_acked=["w1", "w2"], sie_pending=[]))
+    ready = compute(gateways=[gw(snap=steady)])
+    assert verdict(ready)[0] == "AllBundlesAcked"
+    stored = stored_form(json.loads(json.dumps(ready)))  # as read back from the API server
+    assert "expectedConfigHash" not in stored["bundles"][0]
+    for n, (expected, sie_pending) in enumerate(
+        [("cd" * 32, ["w1", "w2"]), ("ef" * 32, ["w2"]), ("01" * 32, [])]
+    ):  # other models written: the bundle hash moves, the workers catch up one by one
+        snap = gsnapshot(
+            gbundle("default", model_acked=["w1", "w2"], sie_pending=sie_pending, expected=expected),
+            epoch=8 + n,
+        )
+        again = compute(gateways=[gw(snap=snap, epoch=8 + n)], previous=stored, now=LATER)
+        assert json.dumps(again) == json.dumps(ready)
+        assert not status_changed(stored, again) and not status_changed(ready, again)
+
+
+def test_expected_hash_null_and_absent_are_the_same_for_status_changed() -> None:
+    pending = compute(gateways=[gw(snap=gsnapshot(gbundle("default", ["w1"], ["w2"])))])
+    ready = compute(gateways=[gw(snap=gsnapshot(gbundle("default", ["w1", "w2"])))], previous=pending)
+    assert status_changed(pending, ready)  # the hash goes away (and more)
+    stored = stored_form(ready)
+    assert not status_changed(stored, ready) and not status_changed(ready, stored_form(ready))
+    with_hash = json.loads(json.dumps(stored))
+    with_hash["bundles"][0]["expectedConfigHash"] = "ab" * 32  # lingering from an older writer
+    assert status_changed(with_hash, ready)  # null deletes it: a write is due
+    assert status_changed({**stored, "configEpoch": None}, ready)
 
 
 # --------------------------------------------------------------------------- epoch, profiles, bundles

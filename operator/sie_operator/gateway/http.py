@@ -90,9 +90,16 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 # -- config read side ----------------------------------------------------------------------
 def _snapshot(ctx: GatewayContext, entry: ModelEntry) -> dict[str, Any]:
-    reg = ctx.mirror.registry
+    """SIE's snapshot plus the model-granular fields (see ``readiness``)."""
+    mirror = ctx.mirror
     return readiness.snapshot_for(
-        entry.model_id, entry.bundles, ctx.mirror.epoch, reg.bundle_hash, ctx.table.group
+        entry.model_id,
+        entry.bundles,
+        mirror.epoch,
+        mirror.registry.bundle_hash,
+        ctx.table.group,
+        mirror.model_seq(entry.model_id),
+        mirror.hash_seq,
     )
 
 
@@ -188,7 +195,8 @@ async def resolve(request: web.Request) -> web.Response:
 async def bulk_status(request: web.Request) -> web.Response:
     """Addition: every model's readiness (or ``?model=`` ones) in one response."""
     ctx = request.app[CTX]
-    reg = ctx.mirror.registry
+    mirror = ctx.mirror
+    reg = mirror.registry
     wanted = request.query.getall("model", [])
     if wanted:
         found = {e.model_id: e for e in (reg.lookup(m) for m in wanted) if e is not None}
@@ -197,10 +205,12 @@ async def bulk_status(request: web.Request) -> web.Response:
         entries = iter(reg)
     body = readiness.bulk_snapshot_json(
         ctx.gateway_id,
-        ctx.mirror.epoch,
+        mirror.epoch,
         ((e.model_id, e.bundles) for e in entries),
         reg.bundle_hash,
         ctx.table.group,
+        mirror.model_seq,
+        mirror.hash_seq,
     )
     return web.Response(body=body, content_type="application/json")
 

@@ -17,6 +17,15 @@ How it stays in step (the contract's rules plus the W5 fix):
   interval and catches up when the epoch or the bundles hash drifted;
 - deltas received while a bootstrap is in flight are replayed on the new registry when
   they are newer than the export's epoch, so nothing is lost across the swap.
+
+Model-granular readiness (gateway mode, :class:`AckHistory`): SIE acks per bundle (a
+worker counts only if its whole-bundle hash equals the current one), so one write to a
+bundle makes every other model of it pending until every worker catches up (contract W4).
+The mirror therefore numbers its registry mutations and remembers, per bundle, which
+digest the bundle had after each of them, and per model the mutation that last changed
+it. The registry is append-only, so every bundle state recorded at or after a model's
+last change holds that model with exactly its current content: a worker reporting such a
+digest has the model even if it has not caught up with later, unrelated writes.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +43,8 @@ import orjson
 
 from sie_operator.catalog import yamlio
 from sie_operator.catalog.bundles import Bundle, BundleSet
-from sie_operator.catalog.registry import Registry, WriteRejected
+from sie_operator.catalog.hashing import model_fragment
+from sie_operator.catalog.registry import ModelEntry, Registry, WriteRejected, same_value
 
 from .configclient import ConfigServiceClient, ConfigServiceError
 from .deltas import (
@@ -57,6 +68,7 @@ DEGRADED_AFTER_ATTEMPTS = 10
 # parse it once. Registry.plan never mutates its input, so sharing the parsed object is safe.
 _load_yaml = functools.lru_cache(maxsize=256)(yamlio.load)
 DEGRADED_AFTER_SECONDS = 300.0
+DEFAULT_HISTORY = 4096  # bundle digests remembered per bundle (about 1 MB per bundle at most)
 
 
 # -- pure parts ---------------------------------------------------------------------------
@@ -126,6 +138,131 @@ def build_registry(
     return registry, out
 
 
+def _stable_adapters(old: Registry, new: Registry) -> Callable[[str], frozenset[str] | None]:
+    """A bundle's adapters when both registries agree on them, else None (memoised)."""
+    known: dict[str, frozenset[str] | None] = {}
+
+    def check(bundle: str) -> frozenset[str] | None:
+        if bundle not in known:
+            a, b = old.bundles.get(bundle), new.bundles.get(bundle)
+            same = a is not None and b is not None and frozenset(a.adapters) == frozenset(b.adapters)
+            known[bundle] = frozenset(b.adapters) if same and b is not None else None
+        return known[bundle]
+
+    return check
+
+
+def _same_content(
+    prev: ModelEntry, entry: ModelEntry, adapters: Callable[[str], frozenset[str] | None]
+) -> bool:
+    """Whether ``entry`` has exactly ``prev``'s content in every one of its bundles."""
+    if prev.bundles != entry.bundles:
+        return False
+    owned = [adapters(b) for b in entry.bundles]
+    if any(a is None for a in owned):
+        return False  # a bundle's adapters changed, and with them maybe the model's share of its hash
+    if orjson.dumps(prev.doc, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
+        entry.doc, option=orjson.OPT_SORT_KEYS
+    ):
+        return True  # byte-identical: the common case, and cheap
+    # Unchanged by the registry's rules (same_value) is not quite enough: it equates 8192
+    # and 8192.0 or a null and an absent option, which the bundle hash does not.
+    return same_value(prev.doc, entry.doc) and all(
+        model_fragment(entry.model_id, prev.profiles, a) == model_fragment(entry.model_id, entry.profiles, a)
+        for a in owned
+        if a is not None
+    )
+
+
+def carried_over(old: Registry, new: Registry) -> dict[str, ModelEntry]:
+    """Models of ``new`` whose content in every one of their bundles is the same as in ``old``.
+
+    Maps the model id to the ``old`` entry it was compared with. Same bundles, owning the
+    same adapters (a model's share of a bundle hash depends on the bundle's adapter list),
+    and the same document (byte-identical, or equal by :func:`same_value` with the same
+    share of every bundle hash). Reads ``old`` only through ``get`` (safe off-loop while
+    the loop may still apply deltas to it; entries are never mutated, only replaced).
+    """
+    adapters = _stable_adapters(old, new)
+    out: dict[str, ModelEntry] = {}
+    for entry in new:
+        prev = old.get(entry.model_id)
+        if prev is not None and _same_content(prev, entry, adapters):
+            out[entry.model_id] = prev
+    return out
+
+
+def bundle_digests(registry: Registry) -> dict[str, str]:
+    """Every bundle's config hash (computed and cached in the registry; run it off-loop)."""
+    return {b.name: registry.bundle_hash(b.name) for b in registry.bundles.bundles}
+
+
+class AckHistory:
+    """Mutation numbers for model-granular readiness (pure; see the module docstring).
+
+    ``seq`` is bumped on every registry mutation (an applied delta, a bootstrap). Per model:
+    the ``seq`` of its last change. Per bundle: digest -> the newest ``seq`` at which the
+    bundle had that digest, at most ``limit`` digests (oldest dropped: a worker still on a
+    forgotten digest then simply counts as "not known to have the model"). Only ever
+    answers "this worker has the model's current content" when it is sure.
+    """
+
+    def __init__(self, limit: int = DEFAULT_HISTORY) -> None:
+        if limit < 1:
+            raise ValueError("history limit must be at least 1")
+        self.limit = limit
+        self.seq = 0
+        self._models: dict[str, int] = {}
+        self._bundles: dict[str, OrderedDict[str, int]] = {}
+
+    def bump(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def model_seq(self, model_id: str) -> int | None:
+        return self._models.get(model_id)
+
+    def hash_seq(self, bundle: str, digest: str) -> int | None:
+        """The newest mutation after which ``bundle`` had ``digest``; None if not remembered."""
+        seen = self._bundles.get(bundle)
+        return seen.get(digest) if seen is not None else None
+
+    def changed(self, model_id: str, seq: int) -> None:
+        self._models[model_id] = seq
+
+    def record(self, bundle: str, digest: str, seq: int) -> None:
+        """``bundle`` has ``digest`` after mutation ``seq`` (an empty bundle has nothing to ack)."""
+        if not digest:
+            return
+        seen = self._bundles.get(bundle)
+        if seen is None:
+            seen = self._bundles[bundle] = OrderedDict()
+        seen[digest] = seq
+        seen.move_to_end(digest)
+        if len(seen) > self.limit:
+            seen.popitem(last=False)
+
+    def rebase(self, models: Mapping[str, int], digests: Mapping[str, str], seq: int) -> None:
+        """After a registry swap: these model seqs; these digests (all bundles) at ``seq``.
+
+        Histories of bundles that no longer exist are dropped; the others are kept, so
+        workers that had a model before the swap still count for it afterwards.
+        """
+        self._models = dict(models)
+        for gone in set(self._bundles) - set(digests):
+            del self._bundles[gone]
+        for bundle, digest in digests.items():
+            self.record(bundle, digest, seq)
+
+    def __len__(self) -> int:
+        """Digests remembered over all bundles."""
+        return sum(len(v) for v in self._bundles.values())
+
+    def digests(self, bundle: str) -> tuple[str, ...]:
+        """Remembered digests of ``bundle``, oldest first."""
+        return tuple(self._bundles.get(bundle, ()))
+
+
 # -- observation hooks (metrics live in the gateway, the worker only logs) ----------------
 class MirrorObserver:
     """No-op hooks; the gateway overrides them with Prometheus metrics."""
@@ -164,7 +301,11 @@ class ConfigMirror:
         observer: MirrorObserver | None = None,
         on_change: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        history: int | None = None,
     ) -> None:
+        """``history``: digests remembered per bundle for model-granular readiness; None
+        means :data:`DEFAULT_HISTORY` for a gateway (all bundles) and 0 (off) for a worker
+        (``bundle`` set), which never serves readiness."""
         self.client = client
         self.bundle = bundle
         self.trusted = trusted
@@ -190,6 +331,18 @@ class ConfigMirror:
         self._check: str | None = None
         self._wake = asyncio.Event()
         self._last_bootstrap = float("-inf")
+        limit = history if history is not None else (DEFAULT_HISTORY if bundle is None else 0)
+        self.history: AckHistory | None = AckHistory(limit) if limit > 0 else None
+        self._touched: set[str] = set()  # models changed while a bootstrap is in flight
+
+    # -- readiness lookups (model-granular) -------------------------------------------------
+    def model_seq(self, model_id: str) -> int | None:
+        """The mutation that last changed ``model_id`` (None without history)."""
+        return self.history.model_seq(model_id) if self.history is not None else None
+
+    def hash_seq(self, bundle: str, digest: str) -> int | None:
+        """The newest mutation after which ``bundle`` had ``digest`` (None if unknown)."""
+        return self.history.hash_seq(bundle, digest) if self.history is not None else None
 
     # -- requests from outside ------------------------------------------------------------
     def request_catchup(self, reason: str) -> None:
@@ -271,8 +424,25 @@ class ConfigMirror:
         self._content_epoch = max(self._content_epoch, d.epoch)
         if plan.changed and (self.bundle is None or self.bundle in plan.bundles):
             self.registry.apply(plan, epoch=d.epoch)
+            self._record(plan.model_id, plan.bundles)
             self._changed()
         return "applied"
+
+    def _record(self, model_id: str, bundles: Sequence[str]) -> None:
+        """Number the mutation just applied and remember the bundles' digests after it.
+
+        The digests are the ones the hash-mismatch check of :meth:`_process` reads next
+        (``BundleHasher`` caches a digest until the bundle changes), so this costs no
+        extra hashing on the live path.
+        """
+        if self.history is None:
+            return
+        seq = self.history.bump()
+        self.history.changed(model_id, seq)
+        for b in bundles:
+            self.history.record(b, self.registry.bundle_hash(b), seq)
+        if self._buffer is not None:
+            self._touched.add(model_id)
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -283,6 +453,8 @@ class ConfigMirror:
         """One all-or-nothing bootstrap; raises ConfigServiceError, changes nothing then."""
         self._catchup = None  # this attempt answers every request made before it
         self._buffer = []
+        self._touched = set()
+        previous = self.registry
         try:
             info = await self.client.epoch()
             if self.bundle is None:
@@ -290,11 +462,14 @@ class ConfigMirror:
             else:
                 bundles = [await self.client.bundle(self.bundle)]
             body = await self.client.export()
-            registry, outcome = await asyncio.to_thread(build_registry, bundles, body, self.bundle)
+            registry, outcome, digests, carried = await asyncio.to_thread(
+                self._build, bundles, body, previous
+            )
         except BaseException:
             self._buffer = None
             raise
         buffered, self._buffer = self._buffer, None
+        self._rebase_history(registry, digests, carried)
         if outcome.epoch < self.epoch:
             log.warning(
                 "config service epoch went back from %d to %d; following it", self.epoch, outcome.epoch
@@ -326,6 +501,40 @@ class ConfigMirror:
                 self._process(tracked, d, live=True)
         self._changed()
         return outcome
+
+    def _build(
+        self, bundles: Sequence[Bundle], body: bytes, previous: Registry
+    ) -> tuple[Registry, ExportOutcome, dict[str, str], dict[str, ModelEntry]]:
+        """Off-loop part of a bootstrap: the registry, and for the history its digests and
+        the models whose content did not change."""
+        registry, outcome = build_registry(bundles, body, self.bundle)
+        if self.history is None:
+            return registry, outcome, {}, {}
+        return registry, outcome, bundle_digests(registry), carried_over(previous, registry)
+
+    def _rebase_history(
+        self, registry: Registry, digests: dict[str, str], carried: dict[str, ModelEntry]
+    ) -> None:
+        """Number the swap: unchanged models keep their seq, the others get the swap's."""
+        history = self.history
+        if history is None:
+            return
+        seq = history.bump()
+        old = self.registry
+        touched, self._touched = self._touched, set()
+        adapters = _stable_adapters(old, registry)
+        seqs: dict[str, int] = {}
+        for entry in registry:
+            mid = entry.model_id
+            kept = None
+            if mid in touched:  # changed by a delta during the bootstrap: compare with that
+                cur = old.get(mid)
+                if cur is not None and _same_content(cur, entry, adapters):
+                    kept = history.model_seq(mid)
+            elif mid in carried:
+                kept = history.model_seq(mid)
+            seqs[mid] = kept if kept is not None else seq
+        history.rebase(seqs, digests, seq)
 
     async def poll_once(self, reason: str = "poll") -> PollAction | None:
         """Compare with ``/epoch`` and request a catch-up on drift; None if unreachable."""

@@ -1,19 +1,42 @@
-"""The readiness snapshot of contract §2 (pure).
+"""The readiness snapshot of contract §2 (pure), plus model-granular fields.
 
 Per bundle of a model: the hash this replica expects, the Healthy workers of that bundle
 (eligible), those reporting exactly that hash (acked) and the rest (pending). Lists come out
 sorted by worker name (SIE leaves them in hash-map order), so the operator can compare
 snapshots without churn. Never vacuously true: no workers or no bundles is not acked.
+
+Additions (every SIE field keeps its SIE meaning, so SIE tooling reads these documents
+unchanged): SIE's ``acked`` is bundle-granular -- a worker counts only if its *whole
+bundle* hash is the current one, so writing any model makes every other model of the
+bundle pending until every worker catches up (contract W4), and an operator mirroring that
+into each model's status rewrites the status of every Ready model on every write. So each
+bundle line also says which workers are known to hold *this model's* current content:
+
+- ``model_acked_workers``: eligible workers whose reported hash this replica's bundle had
+  at or after the model's last change (the registry is append-only, so any such bundle
+  state holds the model exactly as it is now; see ``mirror.AckHistory``). A worker on the
+  expected hash always counts; a hash the replica never had (or forgot) never does;
+- ``model_pending_workers``: the other eligible workers;
+- ``model_acked``: at least one eligible worker and none model-pending;
+
+and each model says ``model_acked``: at least one bundle and every bundle ``model_acked``.
+Without history (``seq_of`` None) the model fields equal the SIE ones.
 """
 
 from __future__ import annotations
 
+import bisect
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import orjson
 
 SOURCE = "gateway-registry"
+
+# Effective "level" of a worker: the newest mutation whose bundle state it is known to hold.
+_ALWAYS = sys.maxsize  # on the expected hash: holds every model's current content
+_NEVER = -1  # on a hash this replica never had (or forgot): holds nothing for sure
 
 
 class EligibleWorker(Protocol):
@@ -26,22 +49,98 @@ class EligibleWorker(Protocol):
 
 BundleEntry = dict[str, Any]
 ModelSnapshot = dict[str, Any]
+# (bundle, reported hash) -> the newest mutation after which this replica's bundle had it
+SeqOf = Callable[[str, str], "int | None"]
+# model id -> the mutation that last changed it (None: unknown, only the expected hash counts)
+ModelSeqOf = Callable[[str], "int | None"]
 
 
-def bundle_entry(bundle_id: str, expected: str, workers: Sequence[EligibleWorker]) -> BundleEntry:
+class BundleView:
+    """One bundle as a readiness read sees it, computed once per read.
+
+    The SIE part is shared by every model of the bundle. The model-granular part depends
+    only on which workers sit below the model's sequence number; workers are grouped by
+    their distinct levels, so the model-pending set of a model is identified by how many
+    levels lie below its number (:meth:`variant`): in steady state every worker is on the
+    expected hash and every model gets variant 0 (nobody pending), built once.
+    """
+
+    __slots__ = ("_levels", "_seqs", "_sie", "_variants", "bundle_id", "names")
+
+    def __init__(
+        self,
+        bundle_id: str,
+        expected: str,
+        workers: Sequence[EligibleWorker],
+        seq_of: SeqOf | None = None,
+    ) -> None:
+        self.bundle_id = bundle_id
+        names: list[str] = []
+        seqs: list[int] = []
+        acked: list[str] = []
+        pending: list[str] = []
+        for w in workers:
+            name, reported = w.display_name, w.config_hash
+            names.append(name)
+            if expected and reported == expected:
+                acked.append(name)
+                seqs.append(_ALWAYS)
+                continue
+            pending.append(name)
+            level = seq_of(bundle_id, reported) if seq_of is not None and reported else None
+            seqs.append(level if level is not None else _NEVER)
+        self.names = names
+        self._seqs = seqs
+        self._levels = sorted(set(seqs))
+        self._sie: BundleEntry = {
+            "bundle_id": bundle_id,
+            "expected_bundle_config_hash": expected,
+            "total_eligible_workers": len(names),
+            "acked_workers": acked,
+            "pending_workers": pending,
+            "acked": bool(names) and not pending,
+        }
+        self._variants: dict[int, BundleEntry] = {}
+
+    def variant(self, model_seq: int | None) -> int:
+        """Which model-pending set a model with this sequence number gets (0 = nobody)."""
+        return bisect.bisect_left(self._levels, _ALWAYS if model_seq is None else model_seq)
+
+    def entry(self, variant: int) -> BundleEntry:
+        """The bundle line for models of this ``variant`` (memoised; do not mutate)."""
+        found = self._variants.get(variant)
+        if found is not None:
+            return found
+        model_acked: list[str]
+        model_pending: list[str] = []
+        if variant == 0:
+            model_acked = list(self.names)
+        else:
+            cut = self._levels[variant - 1]  # pending: at or below the cut
+            model_acked = []
+            for name, level in zip(self.names, self._seqs, strict=True):
+                (model_pending if level <= cut else model_acked).append(name)
+        found = self._variants[variant] = {
+            **self._sie,
+            "model_acked_workers": model_acked,
+            "model_pending_workers": model_pending,
+            "model_acked": bool(self.names) and not model_pending,
+        }
+        return found
+
+    def for_model(self, model_seq: int | None) -> BundleEntry:
+        return self.entry(self.variant(model_seq))
+
+
+def bundle_entry(
+    bundle_id: str,
+    expected: str,
+    workers: Sequence[EligibleWorker],
+    model_seq: int | None = None,
+    seq_of: SeqOf | None = None,
+) -> BundleEntry:
     """One bundle's line; ``workers`` are the eligible ones, already in name order."""
-    acked: list[str] = []
-    pending: list[str] = []
-    for w in workers:
-        (acked if expected and w.config_hash == expected else pending).append(w.display_name)
-    return {
-        "bundle_id": bundle_id,
-        "expected_bundle_config_hash": expected,
-        "total_eligible_workers": len(workers),
-        "acked_workers": acked,
-        "pending_workers": pending,
-        "acked": bool(workers) and not pending,
-    }
+    return dict(BundleView(bundle_id, expected, workers, seq_of).for_model(model_seq))
 
 
 def model_snapshot(model_id: str, entries: Sequence[BundleEntry], config_epoch: int) -> ModelSnapshot:
@@ -50,6 +149,7 @@ def model_snapshot(model_id: str, entries: Sequence[BundleEntry], config_epoch: 
         "model_id": model_id,
         "config_epoch": config_epoch,
         "all_bundles_acked": bool(entries) and all(e["acked"] for e in entries),
+        "model_acked": bool(entries) and all(e["model_acked"] for e in entries),
         "no_bundles": not entries,
         "bundles": list(entries),
         "source": SOURCE,
@@ -62,26 +162,38 @@ def snapshot_for(
     config_epoch: int,
     expected: Callable[[str], str],
     eligible: Callable[[str], Sequence[EligibleWorker]],
+    model_seq: int | None = None,
+    seq_of: SeqOf | None = None,
 ) -> ModelSnapshot:
-    entries = [bundle_entry(b, expected(b), eligible(b)) for b in bundles]
+    entries = [bundle_entry(b, expected(b), eligible(b), model_seq, seq_of) for b in bundles]
     return model_snapshot(model_id, entries, config_epoch)
 
 
-class BundleEntryCache:
-    """Per-request memo so a bulk read computes each bundle once, not once per model."""
+class BundleViews:
+    """Per-read memo so a bulk read builds each bundle's view once, not once per model."""
 
-    def __init__(self, expected: Callable[[str], str], eligible: Callable[[str], Sequence[EligibleWorker]]):
+    def __init__(
+        self,
+        expected: Callable[[str], str],
+        eligible: Callable[[str], Sequence[EligibleWorker]],
+        seq_of: SeqOf | None = None,
+    ):
         self._expected = expected
         self._eligible = eligible
-        self._entries: dict[str, BundleEntry] = {}
+        self._seq_of = seq_of
+        self._views: dict[str, BundleView] = {}
 
-    def __call__(self, bundle_id: str) -> BundleEntry:
-        entry = self._entries.get(bundle_id)
-        if entry is None:
-            entry = self._entries[bundle_id] = bundle_entry(
-                bundle_id, self._expected(bundle_id), self._eligible(bundle_id)
+    def __call__(self, bundle_id: str) -> BundleView:
+        view = self._views.get(bundle_id)
+        if view is None:
+            view = self._views[bundle_id] = BundleView(
+                bundle_id, self._expected(bundle_id), self._eligible(bundle_id), self._seq_of
             )
-        return entry
+        return view
+
+
+def _no_seq(model_id: str) -> int | None:
+    return None
 
 
 def bulk_snapshot_json(
@@ -90,50 +202,63 @@ def bulk_snapshot_json(
     models: Iterable[tuple[str, Sequence[str]]],
     expected: Callable[[str], str],
     eligible: Callable[[str], Sequence[EligibleWorker]],
+    model_seq: ModelSeqOf | None = None,
+    seq_of: SeqOf | None = None,
 ) -> bytes:
     """Same document as :func:`bulk_snapshot`, serialised directly (keys sorted).
 
-    Each bundle line is encoded once and spliced into every model that has it: with 10k
-    models and 50 workers per bundle this is ~20x cheaper than building and dumping dicts.
+    Each distinct bundle line -- one per (bundle, model-pending set), in steady state one
+    per bundle -- is encoded once and spliced into every model that has it: with 10k
+    models and 50 workers per bundle this is ~20x cheaper than building and dumping dicts,
+    and per model it costs a bisect over the bundle's few distinct worker levels.
     """
-    entry = BundleEntryCache(expected, eligible)
-    encoded: dict[str, tuple[bytes, bool]] = {}
+    view = BundleViews(expected, eligible, seq_of)
+    seq = model_seq or _no_seq
+    encoded: dict[tuple[str, int], tuple[bytes, bool, bool]] = {}
     epoch = str(int(config_epoch)).encode()
-    tail = b',"config_epoch":' + epoch + b',"model_id":'
-    parts = []
+    head = {True: b'{"all_bundles_acked":true,"bundles":[', False: b'{"all_bundles_acked":false,"bundles":['}
+    mid = {
+        flag: b'],"config_epoch":'
+        + epoch
+        + b',"model_acked":'
+        + (b"true" if flag else b"false")
+        + b',"model_id":'
+        for flag in (True, False)
+    }
+    tail = {  # by "has bundles"
+        True: b',"no_bundles":false,"source":' + orjson.dumps(SOURCE) + b"}",
+        False: b',"no_bundles":true,"source":' + orjson.dumps(SOURCE) + b"}",
+    }
+    # One flat list of pieces joined once: every byte of the (large) body is copied once.
+    out = [b'{"config_epoch":', epoch, b',"gateway_id":', orjson.dumps(gateway_id), b',"models":[']
+    sep = b""
     for model_id, bundles in models:
+        s = seq(model_id) if bundles else None
+        all_acked = model_acked = bool(bundles)
         lines = []
-        all_acked = bool(bundles)
         for b in bundles:
-            enc = encoded.get(b)
+            v = view(b)
+            key = (b, v.variant(s))
+            enc = encoded.get(key)
             if enc is None:
-                e = entry(b)
-                enc = encoded[b] = (orjson.dumps(e, option=orjson.OPT_SORT_KEYS), bool(e["acked"]))
+                e = v.entry(key[1])
+                enc = encoded[key] = (
+                    orjson.dumps(e, option=orjson.OPT_SORT_KEYS),
+                    bool(e["acked"]),
+                    bool(e["model_acked"]),
+                )
             lines.append(enc[0])
             all_acked = all_acked and enc[1]
-        parts.append(
-            b'{"all_bundles_acked":'
-            + (b"true" if all_acked else b"false")
-            + b',"bundles":['
-            + b",".join(lines)
-            + b"]"
-            + tail
-            + orjson.dumps(model_id)
-            + b',"no_bundles":'
-            + (b"false" if bundles else b"true")
-            + b',"source":"'
-            + SOURCE.encode()
-            + b'"}'
-        )
-    return (
-        b'{"config_epoch":'
-        + epoch
-        + b',"gateway_id":'
-        + orjson.dumps(gateway_id)
-        + b',"models":['
-        + b",".join(parts)
-        + b"]}"
-    )
+            model_acked = model_acked and enc[2]
+        out.append(sep)
+        sep = b","
+        out.append(head[all_acked])
+        out.append(lines[0] if len(lines) == 1 else b",".join(lines))
+        out.append(mid[model_acked])
+        out.append(orjson.dumps(model_id))
+        out.append(tail[bool(bundles)])
+    out.append(b"]}")
+    return b"".join(out)
 
 
 def bulk_snapshot(
@@ -142,14 +267,17 @@ def bulk_snapshot(
     models: Iterable[tuple[str, Sequence[str]]],
     expected: Callable[[str], str],
     eligible: Callable[[str], Sequence[EligibleWorker]],
+    model_seq: ModelSeqOf | None = None,
+    seq_of: SeqOf | None = None,
 ) -> dict[str, Any]:
     """``GET /v1/configs/status``: every model's snapshot, bundle lines computed once each."""
-    entry = BundleEntryCache(expected, eligible)
+    view = BundleViews(expected, eligible, seq_of)
+    seq = model_seq or _no_seq
     return {
         "gateway_id": gateway_id,
         "config_epoch": config_epoch,
         "models": [
-            model_snapshot(model_id, [entry(b) for b in bundles], config_epoch)
+            model_snapshot(model_id, [dict(view(b).for_model(seq(model_id))) for b in bundles], config_epoch)
             for model_id, bundles in models
         ],
     }

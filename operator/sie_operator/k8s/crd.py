@@ -94,8 +94,13 @@ class ConditionStatus(_StatusModel):
 
 class BundleStatus(_StatusModel):
     bundle_id: str = Field(alias="bundleId", min_length=1, max_length=253, description="Bundle name.")
+    # Written as null (a merge patch deletes it; the API server prunes nulls of non-nullable
+    # fields) while the bundle is acked: it moves with every write to the bundle.
     expected_config_hash: str = Field(
-        "", alias="expectedConfigHash", max_length=128, description="Bundle config hash the gateway expects."
+        "",
+        alias="expectedConfigHash",
+        max_length=128,
+        description="Bundle config hash the gateway expects (set only while the bundle is not acked).",
     )
     eligible_workers: int = Field(
         0, alias="eligibleWorkers", ge=0, description="Healthy workers of the bundle."

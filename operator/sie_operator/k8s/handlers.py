@@ -57,3 +57,6 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="sie.dev")
     settings.watching.server_timeout = 300
     settings.queueing.worker_limit = 32
+    # a per-object worker frees its slot 0.1 s after its last event (kopf waits 5 s by default);
+    # with 1,000 objects applied at once, 5 s idle slots throttled writes to ~6/s
+    settings.queueing.idle_timeout = 0.1

@@ -14,6 +14,21 @@ Conditions (kstatus / Flux / ``kubectl wait`` conventions, see README "ModelConf
   ``NoBundles`` (a gateway's bundle view lagging or misconfigured) and ``NoWorkers``
   (workers not scheduled yet, or scaled to zero): kstatus reports InProgress, so
   ``kubectl wait``/Flux keep waiting until their timeout instead of failing at once.
+
+Model-granular readiness: SIE acks per bundle, so with SIE's fields any write to a bundle
+would flip every Ready model of it to pending and back (and rewrite every status of the
+bundle for the new expected hash). When a gateway's bundle lines carry ``model_acked``
+(our gateway, see ``gateway.readiness``), Ready, the reasons, the per-bundle worker lists,
+the totals and the replica agreement use ``model_acked`` / ``model_acked_workers`` /
+``model_pending_workers`` instead; a line without it (a real SIE gateway) falls back to
+``acked`` / ``acked_workers`` / ``pending_workers``. ``bundles[].expectedConfigHash`` is
+only shown while the bundle is not acked for the model (to compare with a pending
+worker's hash) and is ``None`` otherwise: the status is written as a JSON merge patch,
+where null deletes a key that an omission would leave behind (inside the ``bundles`` list,
+which a merge patch replaces whole, the API server prunes the null of this non-nullable
+field, verified on a real API server); ``status_changed`` counts null and absent as the
+same. So a Ready model's status does not change when other models of its bundles are
+written.
 """
 
 from __future__ import annotations
@@ -130,26 +145,62 @@ def _epoch(g: GatewayObservation) -> int:
     return max(_int(g.config_epoch), snap)
 
 
+def _granular(b: Mapping[str, Any]) -> bool:
+    """Whether a bundle line carries the model-granular fields (our gateway, not SIE's)."""
+    return isinstance(b.get("model_acked"), bool)
+
+
+def _line_acked(b: Mapping[str, Any]) -> bool:
+    """The bundle is acked *for this model*: model-granular when known, else SIE's verdict."""
+    return (b.get("model_acked") if _granular(b) else b.get("acked")) is True
+
+
+def _line_acked_names(b: Mapping[str, Any]) -> list[str]:
+    return _names(b.get("model_acked_workers" if _granular(b) else "acked_workers"))
+
+
+def _line_pending_names(b: Mapping[str, Any]) -> list[str]:
+    return _names(b.get("model_pending_workers" if _granular(b) else "pending_workers"))
+
+
+def _all_acked(snapshot: Mapping[str, Any]) -> bool:
+    """Every bundle acked for this model, as the replica reports it.
+
+    Model-granular (top-level ``model_acked``) when every bundle line is, else SIE's
+    ``all_bundles_acked``.
+    """
+    bundles = _bundles(snapshot)
+    if bundles and all(_granular(b) for b in bundles):
+        top = snapshot.get("model_acked")
+        if isinstance(top, bool):
+            return top
+        return all(_line_acked(b) for b in bundles)
+    return snapshot.get("all_bundles_acked") is True
+
+
 def _acked_state(snapshot: Mapping[str, Any]) -> tuple[Any, ...]:
     """What replicas must agree on: the acked verdicts (hashes differ legitimately by epoch)."""
     return (
-        snapshot.get("all_bundles_acked") is True,
-        tuple((b["bundle_id"], b.get("acked") is True) for b in _bundles(snapshot)),
+        _all_acked(snapshot),
+        tuple((b["bundle_id"], _line_acked(b)) for b in _bundles(snapshot)),
     )
 
 
+def _worker_list(names: list[str]) -> list[str]:
+    return sorted({n[:MAX_WORKER_NAME] for n in names})[:MAX_WORKER_NAMES]
+
+
 def _bundle_status(b: Mapping[str, Any]) -> dict[str, Any]:
+    acked = _line_acked(b)
     return {
         "bundleId": b["bundle_id"][:253],
-        "expectedConfigHash": str(b.get("expected_bundle_config_hash") or "")[:128],
+        # Only while pending (compare with a pending worker's hash): it moves with every
+        # write to the bundle, which must not rewrite the status of a Ready model.
+        "expectedConfigHash": None if acked else str(b.get("expected_bundle_config_hash") or "")[:128],
         "eligibleWorkers": _int(b.get("total_eligible_workers")),
-        "ackedWorkers": sorted({n[:MAX_WORKER_NAME] for n in _names(b.get("acked_workers"))})[
-            :MAX_WORKER_NAMES
-        ],
-        "pendingWorkers": sorted({n[:MAX_WORKER_NAME] for n in _names(b.get("pending_workers"))})[
-            :MAX_WORKER_NAMES
-        ],
-        "acked": b.get("acked") is True,
+        "ackedWorkers": _worker_list(_line_acked_names(b)),
+        "pendingWorkers": _worker_list(_line_pending_names(b)),
+        "acked": acked,
     }
 
 
@@ -195,8 +246,8 @@ def _outcome_message(outcome: StoreOutcome, reason: str) -> str:
 def _pending_message(bundles: list[Mapping[str, Any]]) -> str:
     parts = []
     for b in bundles:
-        acked = _names(b.get("acked_workers"))
-        pending = sorted(set(_names(b.get("pending_workers"))))
+        acked = _line_acked_names(b)
+        pending = sorted(set(_line_pending_names(b)))
         eligible = _int(b.get("total_eligible_workers")) or len(acked) + len(pending)
         text = f"{len(acked)}/{eligible} workers acked on bundle {b['bundle_id']}"
         if pending:
@@ -237,24 +288,22 @@ def _gateway_verdict(outcome: StoreOutcome, gws: list[GatewayObservation]) -> tu
     empty = [b["bundle_id"] for b in bundles if _int(b.get("total_eligible_workers")) == 0]
     if empty:
         return NO_WORKERS, f"no eligible workers for bundle(s) {_listed(empty)}"
-    not_acked = [b for b in bundles if b.get("acked") is not True]
+    not_acked = [b for b in bundles if not _line_acked(b)]
     if not_acked:
         return WORKERS_PENDING, _pending_message(not_acked)
-    if ref.snapshot.get("all_bundles_acked") is not True:
+    if not _all_acked(ref.snapshot):
         return WORKERS_PENDING, f"gateway {ref.gateway_id} does not report all bundles acked"
-    others = [
-        g for g in gws[1:] if g.snapshot is not None and g.snapshot.get("all_bundles_acked") is not True
-    ]
+    others = [g for g in gws[1:] if g.snapshot is not None and not _all_acked(g.snapshot)]
     if others:
         parts = []
         for g in others:
             assert g.snapshot is not None
-            pending = [b for b in _bundles(g.snapshot) if b.get("acked") is not True]
+            pending = [b for b in _bundles(g.snapshot) if not _line_acked(b)]
             parts.append(f"gateway {g.gateway_id}: " + (_pending_message(pending) or "not all bundles acked"))
         return GATEWAYS_DISAGREE, f"gateway {ref.gateway_id} reports all bundles acked but " + "; ".join(
             parts
         )
-    acked = sum(len(_names(b.get("acked_workers"))) for b in bundles)
+    acked = sum(len(_line_acked_names(b)) for b in bundles)
     ids = ", ".join(b["bundle_id"] for b in bundles)
     agree = f"{len(gws)}/{len(gws)} gateways agree"
     return ALL_BUNDLES_ACKED, f"{acked} worker(s) acked on bundle(s) {ids} at epoch {outcome.epoch}; {agree}"
@@ -288,7 +337,8 @@ def compute_status(
     now: str,
 ) -> dict[str, Any]:
     """The full ``status`` of a ModelConfig (every key always present, so a merge patch
-    replaces stale values instead of leaving them behind)."""
+    replaces stale values instead of leaving them behind; ``bundles[].expectedConfigHash``
+    is ``None`` while the bundle is acked, which deletes it)."""
     previous = previous if isinstance(previous, Mapping) else {}
     gws = sorted(gateways, key=lambda g: g.gateway_id)
 
@@ -356,18 +406,21 @@ def compute_status(
         "configEpoch": epoch,
         "profiles": profiles,
         "bundles": [_bundle_status(b) for b in bundles],
-        "ackedWorkers": sum(len(_names(b.get("acked_workers"))) for b in bundles),
-        "pendingWorkers": sum(len(_names(b.get("pending_workers"))) for b in bundles),
+        "ackedWorkers": sum(len(_line_acked_names(b)) for b in bundles),
+        "pendingWorkers": sum(len(_line_pending_names(b)) for b in bundles),
         "gateways": {"seen": len(gws), "agreeing": agreeing},
     }
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Deep equality where ``True`` is not ``1`` (a typed status never mixes them)."""
+    """Deep equality where ``True`` is not ``1`` (a typed status never mixes them) and a
+    null member equals an absent one (a merge patch deletes a key with null)."""
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        ka = {k for k, v in a.items() if v is not None}
+        kb = {k for k, v in b.items() if v is not None}
+        return ka == kb and all(_same(a[k], b[k]) for k in ka)
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return type(a) is type(b) and bool(a == b)
@@ -377,7 +430,8 @@ def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> boo
     """Whether patching ``new`` would change anything: compares the keys ``new`` sets.
 
     Keys only ``old`` has (written by someone else) are ignored; they are not ours to judge.
+    A null in ``new`` (delete) matches an absent key in ``old``, at any depth.
     """
     if not isinstance(old, Mapping):
         return True
-    return any(k not in old or not _same(old[k], v) for k, v in new.items())
+    return any(not _same(old.get(k), v) for k, v in new.items())

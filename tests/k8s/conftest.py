@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sie_operator.devcluster.catalogdir import find_catalog_dir
 from sie_operator.devcluster.controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modelconfig.yaml"
 CRD_NAME = "modelconfigs.sie.dev"
-
-
-def find_catalog_dir() -> Path | None:
-    """``$SIE_CATALOG_DIR``, else ``shared/catalog`` beside the repo checkout."""
-    env = os.environ.get("SIE_CATALOG_DIR")
-    if env:
-        return Path(env)
-    candidate = (REPO / ".." / "shared" / "catalog").resolve()
-    return candidate if candidate.is_dir() else None
 
 
 def catalog_model_paths() -> list[Path]:
@@ -55,23 +46,6 @@ def catalog_model_file(request: pytest.FixtureRequest) -> Path:
         _skip_no_catalog()
     path: Path = request.param
     return path
-
-
-@pytest.fixture(scope="session")
-def catalog_dir() -> Path:
-    path = find_catalog_dir()
-    if path is None or not (path / "models").is_dir():
-        _skip_no_catalog()
-    assert path is not None
-    return path
-
-
-@pytest.fixture(scope="session")
-def catalog_model_files(catalog_dir: Path) -> list[Path]:
-    files = sorted((catalog_dir / "models").glob("*.yaml"))
-    if not files:
-        pytest.skip(f"no model YAMLs in {catalog_dir / 'models'}")
-    return files
 
 
 @pytest.fixture(scope="session")

@@ -129,6 +129,21 @@ def test_operator_restart_makes_no_writes_and_no_status_churn(stack: Stack, kube
         assert after["metadata"]["resourceVersion"] == before[n]["metadata"]["resourceVersion"], n
 
 
+def test_restart_with_many_existing_resources_resumes_them_all(stack: Stack, kube: Kube) -> None:
+    """More resources than kopf has workers for must not deadlock a restarted operator
+    (handlers wait for the index of the initial listing)."""
+    items = [model_manifest(f"many-{i:02d}", f"acme/many-{i:02d}") for i in range(60)]
+    kube.apply({"apiVersion": "v1", "kind": "List", "items": items})
+    for i in range(60):
+        kube.wait_ready(f"many-{i:02d}", timeout=60)
+    epoch = store_epoch(stack)
+    stack.stop_control()
+    stack.start_control()
+    kube.apply(model_manifest("after", "acme/after"))
+    kube.wait_ready("after", timeout=30)
+    assert store_epoch(stack) == epoch + 1  # only the new resource was written
+
+
 def test_gateway_down_is_reported_then_recovers(stack: Stack, kube: Kube) -> None:
     kube.apply(model_manifest("gw", "acme/gw"))
     kube.wait_ready("gw")

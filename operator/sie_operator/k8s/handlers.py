@@ -50,13 +50,14 @@ def build_registry(reconciler: Reconciler) -> kopf.OperatorRegistry:
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """Operator-wide kopf settings: quiet Events, no finalizers, bounded work."""
+    """Operator-wide kopf settings: quiet Events, no finalizers, prompt workers."""
     settings.posting.level = logging.WARNING
     settings.persistence.finalizer = "sie.dev/finalizer"  # declared, but no handler needs it
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="sie.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="sie.dev")
     settings.watching.server_timeout = 300
-    settings.queueing.worker_limit = 32
-    # a per-object worker frees its slot 0.1 s after its last event (kopf waits 5 s by default);
-    # with 1,000 objects applied at once, 5 s idle slots throttled writes to ~6/s
+    # no worker_limit: kopf holds each object's worker slot while the handlers wait for the
+    # indexes to be filled from the initial listing, so a limit below the number of objects
+    # deadlocks a (re)started operator; the write path bounds its own concurrency instead.
+    # A per-object worker frees itself 0.1 s after its last event (kopf waits 5 s by default).
     settings.queueing.idle_timeout = 0.1

@@ -125,6 +125,12 @@ def run(args: argparse.Namespace) -> int:
                 ("worker-transformers5", "transformers5"),
             ),
         )
+        try:
+            from ..devcluster.natsserver import nats_server_binary
+
+            nats_server_binary()
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from exc
         with Stack(cfg, work) as stack:
             print(
                 f"\n  export KUBECONFIG={kubeconfig}\n  Config API: {stack.config_url}   "

@@ -132,7 +132,7 @@ async def _main(args: argparse.Namespace, opts: dict[str, Any], settings: Any, c
     )
     try:
         await kopf.operator(
-            registry=build_registry(reconciler),
+            registry=build_registry(reconciler, prefer_kubeconfig=args.kubeconfig is not None),
             settings=kopf_settings,
             standalone=True,
             clusterwide=opts["all_namespaces"],

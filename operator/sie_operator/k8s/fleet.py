@@ -160,15 +160,19 @@ class FleetReader:
         if not isinstance(data, dict):
             return GatewayView(url, url, False, f"{url}: unexpected response")
         entries = data.get("models") or []
-        models_map = {
-            str(m.get("model_id", "")).lower(): m
-            for m in entries
-            if isinstance(m, dict) and m.get("model_id")
-        }
+        try:
+            config_epoch = int(data.get("config_epoch") or 0)
+            models_map = {
+                str(m.get("model_id", "")).lower(): m
+                for m in entries
+                if isinstance(m, dict) and m.get("model_id")
+            }
+        except (TypeError, ValueError, AttributeError) as exc:  # one odd replica must not stop the rest
+            return GatewayView(url, url, False, f"{url}: malformed readiness response ({exc})")
         return GatewayView(
             key=url,
             gateway_id=str(data.get("gateway_id") or url),
             reachable=True,
-            config_epoch=int(data.get("config_epoch") or 0),
+            config_epoch=config_epoch,
             models=models_map,
         )

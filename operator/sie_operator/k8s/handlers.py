@@ -19,12 +19,16 @@ import kopf
 from .reconcile import GROUP, PLURAL, VERSION, Reconciler, holds_claim
 
 
-def build_registry(reconciler: Reconciler) -> kopf.OperatorRegistry:
+def build_registry(reconciler: Reconciler, *, prefer_kubeconfig: bool = False) -> kopf.OperatorRegistry:
+    """``prefer_kubeconfig``: an explicit --kubeconfig wins over the pod's service account,
+    as in kube.client.load_credentials, so kopf and the status writer are one identity."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry, id="login")  # type: ignore[arg-type]
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # the same sources, in the same order, as kube.client.load_credentials
+        if prefer_kubeconfig:
+            return kopf.login_with_kubeconfig(**kwargs)
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="modelconfig_claims")  # type: ignore[arg-type]

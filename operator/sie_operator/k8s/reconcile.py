@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pydantic import ValidationError
-
 from ..catalog.registry import CaseConflict, ContentConflict, ValidationFailed
 from ..kube.client import KubeClient, KubeError
 from .fleet import FleetReader, FleetSnapshot
@@ -106,6 +104,8 @@ class Tracked:
     outcome_generation: int = -1
     retry_at: float = 0.0
     backoff: float = 0.5
+    write_retry_at: float = 0.0  # after a failed status patch, wait before the next try
+    write_backoff: float = 0.5
     events_sent: set[str] = field(default_factory=set)
 
     @property
@@ -200,9 +200,12 @@ class Reconciler:
             )
             self.tracked[key] = t
         else:
+            old_sie_id = t.sie_id
             t.generation = int(meta.get("generation") or 0)
             t.spec = spec
             t.sie_id = str(spec.get("sieId") or "")
+            if old_sie_id != t.sie_id:
+                await self._release_claim(t.namespace, old_sie_id)
         winner = pick_winner(self._with_memory(t.namespace, claims))
         t.duplicate_of = winner[1] if winner is not None and winner[1] != t.name else None
         await self.sync(t)
@@ -232,8 +235,12 @@ class Reconciler:
                 f"ModelConfig deleted; model {t.sie_id} stays in the config store (append-only). "
                 "Re-creating a ModelConfig with the same content adopts it.",
             )
-        # a duplicate that lost to this one may now win
-        peers = [p for p in self.tracked.values() if p.namespace == t.namespace and p.sie_id == t.sie_id]
+        await self._release_claim(t.namespace, t.sie_id)
+
+    async def _release_claim(self, namespace: str, sie_id: str) -> None:
+        """A resource gave up a sieId (deleted, or its sieId changed): a duplicate that lost
+        to it may now win."""
+        peers = [p for p in self.tracked.values() if p.namespace == namespace and p.sie_id == sie_id]
         if peers:
             winner = pick_winner(
                 (p.created, p.name, p.outcome is not None and p.outcome.kind != "duplicate") for p in peers
@@ -273,7 +280,7 @@ class Reconciler:
             return outcome
         try:
             doc = spec_to_sie(t.spec)
-        except (ValueError, ValidationError) as exc:
+        except Exception as exc:
             outcome = StoreOutcome("invalid", f"spec cannot be converted: {exc}")
             await self._event_once(t, "InvalidSpec", outcome.message, warning=True)
             return outcome
@@ -352,6 +359,8 @@ class Reconciler:
         now = utcnow()
         writes = []
         for t in list(self.tracked.values()):
+            if t.write_retry_at > now_m:
+                continue
             new = self.compute(t, snapshot, now)
             if new is not None and status_changed(t.status, new):
                 writes.append(self._write(t, new))
@@ -359,7 +368,9 @@ class Reconciler:
             await asyncio.gather(*writes)
 
     def compute(self, t: Tracked, snapshot: FleetSnapshot, now: str) -> dict[str, Any] | None:
-        if t.outcome is None:
+        # a new generation is reported only once its own write was decided: the previous
+        # outcome says nothing about it (it could otherwise look Ready before it was stored)
+        if t.outcome is None or t.outcome_generation != t.generation:
             return None
         return compute_status(
             generation=t.generation,
@@ -374,15 +385,23 @@ class Reconciler:
             was_ready = t.ready
             try:
                 await self.kube.patch_status(GROUP, VERSION, t.namespace, PLURAL, t.name, status)
-            except KubeError as exc:
-                if exc.status == 404:
-                    self.tracked.pop(t.key, None)
-                    return
-                log.warning("status patch of %s/%s failed: %s", t.namespace, t.name, exc)
-                return
             except Exception as exc:
-                log.warning("status patch of %s/%s failed: %s", t.namespace, t.name, exc)
+                if isinstance(exc, KubeError) and exc.status == 404 and self.tracked.get(t.key) is t:
+                    # deleted before its DELETED event reached us: the same cleanup as for it
+                    await self.forget({"metadata": {"namespace": t.namespace, "name": t.name}})
+                    return
+                log.warning(
+                    "status patch of %s/%s failed (retry in %.1f s): %s",
+                    t.namespace,
+                    t.name,
+                    t.write_backoff,
+                    exc,
+                )
+                t.write_retry_at = self.clock() + t.write_backoff
+                t.write_backoff = min(t.write_backoff * 2, self.max_backoff)
                 return
+            t.write_backoff = 0.5
+            t.write_retry_at = 0.0
             self.status_writes += 1
             t.status = status
             if t.ready and not was_ready:

@@ -4,7 +4,6 @@ gateway and reference workers. Used by the e2e tests, the demo and the benchmark
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -190,7 +189,3 @@ class Stack:
             if p is not None:
                 parts.append(f"--- {p.name} ---\n{p.log_tail(30)}")
         return "\n".join(parts)
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

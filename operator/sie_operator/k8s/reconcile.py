@@ -39,16 +39,6 @@ def utcnow() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class ApplyResultLike(Protocol):
-    epoch: int
-    changed: bool
-    created: list[str]
-    warnings: list[str]
-
-    @property
-    def entry(self) -> Any: ...
-
-
 class ConfigServiceLike(Protocol):
     """What the reconciler needs of configsvc.service.ConfigService."""
 
@@ -174,7 +164,6 @@ class Reconciler:
         self._kick = asyncio.Event()
         self._patch_sem = asyncio.Semaphore(patch_concurrency)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self.status_writes = 0
 
     # -- event intake (called from the kopf handlers) ----------------------------------
     async def observe(self, event_type: str | None, body: Mapping[str, Any], claims: Iterable[Claim]) -> None:
@@ -402,7 +391,6 @@ class Reconciler:
                 return
             t.write_backoff = 0.5
             t.write_retry_at = 0.0
-            self.status_writes += 1
             t.status = status
             if t.ready and not was_ready:
                 await self._event(

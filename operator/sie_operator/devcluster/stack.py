@@ -82,6 +82,9 @@ class Stack:
                 str(self.health_port),
                 *[a for ns in self.cfg.namespaces for a in ("--namespace", ns)],
                 *[a for u in self.gateway_urls for a in ("--gateway-url", u)],
+                # damp gateway blips for as long as the gateway gives a silent worker
+                "--gateway-grace-seconds",
+                str(self.cfg.heartbeat_timeout),
                 *self.cfg.operator_args,
             )
             name = "operator"

@@ -20,9 +20,10 @@ import kopf
 from ..cli import UsageError
 from ..configsvc import command as configsvc_command
 from ..kube.client import KubeClient, load_credentials
+from .driver import Driver
 from .fleet import FleetReader, GatewayDiscovery
 from .handlers import build_registry, configure
-from .reconcile import Reconciler
+from .metrics import ReconcileMetrics
 
 log = logging.getLogger("sie_operator.operator")
 
@@ -48,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument(
         "--resync-seconds", type=float, default=15.0, help="status re-check interval when all is Ready"
     )
+    k.add_argument(
+        "--relist-seconds",
+        type=float,
+        default=None,
+        help="complete re-listing of the watched namespaces, a safety net for missed deletions "
+        "(env SIE_RELIST_SECONDS, default 300)",
+    )
     g = parser.add_argument_group("gateway readiness")
     g.add_argument(
         "--gateway-url",
@@ -62,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gateway-port", type=int, default=8080, help="gateway HTTP port when discovered")
     g.add_argument(
         "--gateway-token", default=None, help="inference token for the gateway (env SIE_GATEWAY_TOKEN)"
+    )
+    g.add_argument(
+        "--gateway-grace-seconds",
+        type=float,
+        default=None,
+        help="a replica counts as unreachable only after failing this long; until then its last "
+        "good view stands (env SIE_GATEWAY_GRACE_SECONDS, default 15: one gateway heartbeat timeout)",
     )
 
 
@@ -82,6 +97,10 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
     for port in (args.health_port, args.gateway_port):
         if not 0 < port < 65536:
             raise UsageError(f"invalid port {port}")
+    grace = _seconds(args.gateway_grace_seconds, env.get("SIE_GATEWAY_GRACE_SECONDS"), 15.0, "gateway grace")
+    relist = _seconds(args.relist_seconds, env.get("SIE_RELIST_SECONDS"), 300.0, "relist interval")
+    if relist <= 0:
+        raise UsageError("the relist interval must be positive")
     return {
         "namespaces": list(namespaces),
         "all_namespaces": bool(args.all_namespaces),
@@ -91,7 +110,24 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         or env.get("POD_NAMESPACE")
         or (namespaces[0] if namespaces else "default"),
         "gateway_token": args.gateway_token or env.get("SIE_GATEWAY_TOKEN"),
+        "gateway_grace": grace,
+        "relist_seconds": relist,
     }
+
+
+def _seconds(flag: float | None, env_value: str | None, default: float, what: str) -> float:
+    if flag is not None:
+        value = flag
+    elif env_value:
+        try:
+            value = float(env_value)
+        except ValueError:
+            raise UsageError(f"invalid {what}: {env_value!r} is not a number of seconds") from None
+    else:
+        value = default
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"invalid {what}: {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,12 +151,19 @@ async def _main(args: argparse.Namespace, opts: dict[str, Any], settings: Any, c
         namespace=opts["gateway_namespace"],
         port=args.gateway_port,
     )
-    fleet = FleetReader(discovery, token=opts["gateway_token"])
-    reconciler = Reconciler(
-        service, fleet, kube, slow_interval=args.resync_seconds, publishes=settings.nats_url is not None
+    fleet = FleetReader(discovery, token=opts["gateway_token"], grace=opts["gateway_grace"])
+    driver = Driver(
+        service,
+        fleet,
+        kube,
+        namespaces=None if opts["all_namespaces"] else opts["namespaces"],
+        metrics=ReconcileMetrics(service.metrics.registry),
+        slow_interval=args.resync_seconds,
+        relist_interval=opts["relist_seconds"],
+        publishes=settings.nats_url is not None,
     )
     stop = asyncio.Event()
-    writer = asyncio.create_task(reconciler.run(stop), name="status-writer")
+    writer = asyncio.create_task(driver.run(stop), name="reconcile-driver")
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one INFO line per event is noise
     kopf_settings = kopf.OperatorSettings()
     configure(kopf_settings)
@@ -132,7 +175,7 @@ async def _main(args: argparse.Namespace, opts: dict[str, Any], settings: Any, c
     )
     try:
         await kopf.operator(
-            registry=build_registry(reconciler, prefer_kubeconfig=args.kubeconfig is not None),
+            registry=build_registry(driver, prefer_kubeconfig=args.kubeconfig is not None),
             settings=kopf_settings,
             standalone=True,
             clusterwide=opts["all_namespaces"],
@@ -141,7 +184,6 @@ async def _main(args: argparse.Namespace, opts: dict[str, Any], settings: Any, c
         )
     finally:
         stop.set()
-        reconciler.kick()
         try:
             await asyncio.wait_for(writer, timeout=5)
         except (TimeoutError, asyncio.CancelledError):

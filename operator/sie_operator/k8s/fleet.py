@@ -3,7 +3,10 @@
 Replicas are either given as URLs or found through the EndpointSlices of the gateway
 Service, so a scaled gateway Deployment is covered without configuration. A fetch is
 shared by every caller that asks while it is in flight, so 1,000 resources waiting on
-readiness cost one request per replica, not 1,000.
+readiness cost one request per replica, not 1,000. Failures are damped
+(``fleetview.damp``): a replica is reported unreachable only once it has failed for longer
+than the grace period, and a failed EndpointSlice listing reuses the last replica list
+for as long.
 """
 
 from __future__ import annotations
@@ -11,47 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import aiohttp
 
 from ..kube.client import KubeClient
-from .status import GatewayObservation
+from .fleetview import FleetSnapshot, GatewayView, ReplicaHealth, damp
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GatewayView:
-    """What one replica said in one fetch."""
-
-    key: str  # URL we asked
-    gateway_id: str
-    reachable: bool
-    error: str = ""
-    config_epoch: int = 0
-    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # lower-case id -> snapshot
-
-
-@dataclass(frozen=True)
-class FleetSnapshot:
-    views: tuple[GatewayView, ...]
-    taken_at: float
-
-    def observations(self, model_id: str) -> list[GatewayObservation]:
-        key = model_id.lower()
-        return [
-            GatewayObservation(
-                gateway_id=v.gateway_id,
-                reachable=v.reachable,
-                error=v.error,
-                config_epoch=v.config_epoch,
-                snapshot=v.models.get(key),
-            )
-            for v in self.views
-        ]
 
 
 class GatewayDiscovery:
@@ -103,9 +73,16 @@ class FleetReader:
         *,
         token: str | None = None,
         timeout: float = 3.0,
+        grace: float = 15.0,
         session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.discovery = discovery
+        self.grace = grace
+        self.clock = clock
+        self._health: dict[str, ReplicaHealth] = {}
+        self._urls: list[str] | None = None  # last successful discovery
+        self._discovery_failing_since: float | None = None
         self.token = token
         self.timeout = timeout
         self._session = session
@@ -134,17 +111,25 @@ class FleetReader:
         return await asyncio.shield(self._inflight)
 
     async def _fetch(self, models: Sequence[str] | None) -> FleetSnapshot:
+        now = self.clock()
         try:
             urls = await self.discovery.resolve()
+            self._urls, self._discovery_failing_since = urls, None
         except Exception as exc:
-            log.warning("gateway discovery failed: %s", exc)
-            snap = FleetSnapshot(
-                (GatewayView("discovery", "discovery", False, f"discovery: {exc}"),), time.monotonic()
-            )
-            self.last = snap
-            return snap
+            if self._discovery_failing_since is None:
+                self._discovery_failing_since = now
+            if self._urls is None or now - self._discovery_failing_since >= self.grace:
+                log.warning("gateway discovery failed: %s", exc)
+                snap = FleetSnapshot(
+                    (GatewayView("discovery", "discovery", False, f"discovery: {exc}"),), now
+                )
+                self.last = snap
+                return snap
+            log.info("gateway discovery failed, using the last replica list: %s", exc)
+            urls = self._urls
         views = await asyncio.gather(*(self._one(u, models) for u in urls))
-        snap = FleetSnapshot(tuple(views), time.monotonic())
+        self._health, damped = damp(self._health, views, self.clock(), self.grace)
+        snap = FleetSnapshot(damped, now)
         self.last = snap
         return snap
 

@@ -1,12 +1,11 @@
-"""kopf wiring, kept thin: every handler parses and hands over to the Reconciler.
+"""kopf wiring, kept thin: every watch event is handed to the driver's inbox.
 
-We use level-triggered ``on.event`` (plus an index for the sieId claims) rather than
-kopf's create/update handlers: those store a diff-base and progress annotations on the
-object, while our reconcile is idempotent and needs neither. The operator therefore
-writes nothing but ``/status`` (and Events); GitOps tools see no drift from it.
-kopf starts handlers only after its indexes are filled from the initial listing, so the
-"older resource wins" rule for duplicate sieIds is decided on the full picture even
-right after a restart.
+We use level-triggered ``on.event`` rather than kopf's create/update handlers: those store
+a diff-base and progress annotations on the object, while our reconcile is idempotent and
+needs neither. The operator therefore writes nothing but ``/status`` (and Events); GitOps
+tools see no drift from it. No kopf index either: ownership of a sieId is decided by the
+reconcile core over all watched namespaces, after the driver's own complete listing
+(kopf's index keeps deleted objects across a re-list, and is per namespace).
 """
 
 from __future__ import annotations
@@ -16,10 +15,13 @@ from typing import Any
 
 import kopf
 
-from .reconcile import GROUP, PLURAL, VERSION, Reconciler, holds_claim
+from .driver import Driver
+from .spec import API_GROUP as GROUP
+from .spec import API_VERSION as VERSION
+from .spec import PLURAL
 
 
-def build_registry(reconciler: Reconciler, *, prefer_kubeconfig: bool = False) -> kopf.OperatorRegistry:
+def build_registry(driver: Driver, *, prefer_kubeconfig: bool = False) -> kopf.OperatorRegistry:
     """``prefer_kubeconfig``: an explicit --kubeconfig wins over the pod's service account,
     as in kube.client.load_credentials, so kopf and the status writer are one identity."""
     registry = kopf.OperatorRegistry()
@@ -31,24 +33,9 @@ def build_registry(reconciler: Reconciler, *, prefer_kubeconfig: bool = False) -
             return kopf.login_with_kubeconfig(**kwargs)
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="modelconfig_claims")  # type: ignore[arg-type]
-    def modelconfig_claims(
-        namespace: str | None, spec: Any, meta: Any, status: Any, **_: Any
-    ) -> dict[Any, Any]:
-        claim = (meta.get("creationTimestamp") or "", meta.get("name"), holds_claim(status))
-        return {(namespace, spec.get("sieId")): claim}
-
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="modelconfig_event")  # type: ignore[arg-type]
-    async def modelconfig_event(
-        event: Any,
-        body: Any,
-        namespace: str | None,
-        spec: Any,
-        modelconfig_claims: kopf.Index[Any, Any],
-        **_: Any,
-    ) -> None:
-        claims = list(modelconfig_claims.get((namespace, spec.get("sieId")), []))
-        await reconciler.observe(event.get("type"), dict(body), claims)
+    async def modelconfig_event(event: Any, body: Any, **_: Any) -> None:
+        driver.observe(event.get("type"), dict(body))
 
     return registry
 

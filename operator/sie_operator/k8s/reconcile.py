@@ -1,419 +1,436 @@
-"""The one idempotent reconcile path for ModelConfig resources (no kopf imports here).
+"""The reconcile core: every decision of the operator, as one pure state machine.
 
-Crossplane-style split: *observe* reads the fleet (gateway replicas) and the store's view
-of the model; *create/update* is ``ConfigService.apply`` (a pure replay when nothing
-changed, so it is safe on every event, restart or retry). Every watch event, the resume
-listing after a restart, and the periodic refresher all end in :meth:`Reconciler.sync`.
+Inputs are facts (an object seen, an object gone, a complete listing, a write's outcome,
+a fleet snapshot, a status patch's result, time passing); :func:`step` folds one into the
+state and returns the effects to perform (store writes, status patches, Events,
+confirmations). It does no I/O and reads no clock: the async driver (``driver.py``) feeds
+it and performs the effects, and the simulation test feeds it every event ordering.
 
-Status is written by a single task (:meth:`Reconciler.run`), only through the status
-subresource and only when :func:`status_changed` says the facts changed, so a resync or
-an operator restart produces no writes at all.
+The decisions, each made in one place:
+- *ownership* of a sieId: ``ownership.decide_owner``, over every live resource in every
+  watched namespace;
+- *desired write*: an immutable ``WriteSnapshot`` (uid, generation, role); its outcome is
+  recorded for that snapshot only, so an outcome can never be reported under a generation
+  it was not written for, and a newer generation is written as soon as the write in flight
+  is decided (never lost behind a retry of an older one);
+- *desired status*: ``status.compute_status`` of the decided outcome of the object's
+  current generation and the fleet; nothing is reported for a generation whose write is
+  not decided;
+- *patch or not*: desired status against the status of the latest observed object (watch
+  events, listings and patch responses refresh it), so drift made by anyone is repaired
+  and an unchanged status is never written. Patches carry the uid as a precondition.
+
+The state is owned by one driver task and changed only here; records are immutable.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime
-import logging
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from ..catalog.registry import CaseConflict, ContentConflict, ValidationFailed
-from ..kube.client import KubeClient, KubeError
-from .fleet import FleetReader, FleetSnapshot
-from .spec import API_GROUP, API_VERSION, KIND, PLURAL, spec_to_sie
+from .fleetview import FleetSnapshot
+from .objects import ObjectRef, ObjectSnapshot, not_older
+from .ownership import Claimant, decide_owner, held_by_status
 from .status import StoreOutcome, compute_status, status_changed
+from .writes import (
+    STALLED_KINDS,
+    TRANSIENT_KINDS,
+    Notice,
+    WriteSnapshot,
+    duplicate_outcome,
+    failure_notice,
+    ready_notice,
+    retained_notice,
+)
 
-log = logging.getLogger(__name__)
-
-GROUP, VERSION = API_GROUP, API_VERSION
-__all__ = ["GROUP", "KIND", "PLURAL", "VERSION", "Reconciler", "holds_claim"]
-
-STALLED_KINDS = frozenset({"invalid", "unroutable", "duplicate", "conflict"})
-TRANSIENT_KINDS = frozenset({"nats_unavailable", "store_error"})
-
-
-def utcnow() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class ConfigServiceLike(Protocol):
-    """What the reconciler needs of configsvc.service.ConfigService."""
-
-    async def apply(self, body: dict[str, Any], *, source: Literal["api", "filesystem"] = "api") -> Any: ...
+MAX_TOMBSTONES = 65536
 
 
-def classify_exception(exc: BaseException) -> StoreOutcome | None:
-    """Map a refused or failed write to the outcome shown in status; None if unknown."""
-    if isinstance(exc, ContentConflict):
-        what = []
-        if exc.profiles:
-            what.append(f"profiles {', '.join(exc.profiles)}")
-        if exc.fields:
-            what.append(f"fields {', '.join(exc.fields)}")
-        return StoreOutcome(
-            "conflict",
-            f"the config store already holds model {exc.model_id} with different {' and '.join(what)}; "
-            "stored profiles are append-only",
-            conflicting_profiles=tuple(exc.profiles),
-            conflicting_fields=tuple(exc.fields),
-        )
-    if isinstance(exc, CaseConflict):
-        return StoreOutcome("conflict", str(exc))
-    if isinstance(exc, ValidationFailed):
-        text = "; ".join(exc.messages)
-        if "bundle" in text and ("not in any known" in text or "resolve" in text):
-            return StoreOutcome("unroutable", text)
-        return StoreOutcome("invalid", text)
-    name = type(exc).__name__
-    if name == "NatsUnavailable":
-        return StoreOutcome(
-            "nats_unavailable", "NATS is not connected; the change will be published when it is"
-        )
-    if name == "StoreError":
-        return StoreOutcome("store_error", f"the config store failed: {exc}")
-    return None
+@dataclass(frozen=True)
+class CoreConfig:
+    retry_initial: float = 0.5  # first retry of a transiently failed write or patch
+    retry_max: float = 30.0
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Seen:
+    """An object as the API server showed it (watch event, listing, confirmation)."""
+
+    obj: ObjectSnapshot
+
+
+@dataclass(frozen=True)
+class Gone:
+    """This incarnation no longer exists (DELETED, 404, or its name now has another uid)."""
+
+    ref: ObjectRef
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A complete listing of every watched namespace: the first one unlocks writes; after a
+    watch restart it is how deletions that sent no DELETED event are found."""
+
+    objs: tuple[ObjectSnapshot, ...]
+
+
+@dataclass(frozen=True)
+class WriteDone:
+    write: WriteSnapshot
+    outcome: StoreOutcome
+    notice: Notice | None = None  # Published / Accepted / PublishFailed of a changing write
+
+
+@dataclass(frozen=True)
+class FleetSeen:
+    fleet: FleetSnapshot
+
+
+@dataclass(frozen=True)
+class PatchDone:
+    ref: ObjectRef
+    obj: ObjectSnapshot | None = None  # the object the API server returned
+    error: str | None = None  # "gone" (404), "rejected" (422/409: confirm), "failed" (retry)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed: due retries run."""
+
+
+Input = Seen | Gone | Listed | WriteDone | FleetSeen | PatchDone | Tick
+
+
+# --------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True)
+class StoreWrite:
+    write: WriteSnapshot
+
+
+@dataclass(frozen=True)
+class PatchStatus:
+    ref: ObjectRef
+    status: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PostEvent:
+    ref: ObjectRef
+    notice: Notice
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """Look the name up: is this uid still there?"""
+
+    ref: ObjectRef
+
+
+Effect = StoreWrite | PatchStatus | PostEvent | Confirm
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class Decided:
+    write: WriteSnapshot
+    outcome: StoreOutcome
+
+
+@dataclass(frozen=True)
+class Record:
+    obj: ObjectSnapshot
+    decided: Decided | None = None
+    inflight: WriteSnapshot | None = None
+    retry_at: float = 0.0
+    backoff: float = 0.0
+    patching: bool = False
+    patch_retry_at: float = 0.0
+    patch_backoff: float = 0.0
+    notices: frozenset[str] = frozenset()  # "generation:reason" of warnings already posted
 
 
 @dataclass
-class Tracked:
-    """What the operator knows about one resource."""
+class State:
+    """Owned by one task; changed only by :func:`step`."""
 
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    created: str
-    sie_id: str
-    spec: dict[str, Any]
-    status: dict[str, Any] | None = None  # last status known to be on the server
-    duplicate_of: str | None = None
-    outcome: StoreOutcome | None = None
-    outcome_generation: int = -1
-    retry_at: float = 0.0
-    backoff: float = 0.5
-    write_retry_at: float = 0.0  # after a failed status patch, wait before the next try
-    write_backoff: float = 0.5
-    events_sent: set[str] = field(default_factory=set)
+    records: dict[str, Record] = field(default_factory=dict)  # uid -> record
+    claims: dict[str, set[str]] = field(default_factory=dict)  # sie key -> uids declaring it
+    owners: dict[str, str] = field(default_factory=dict)  # sie key -> owner uid
+    fleet: FleetSnapshot | None = None
+    synced: bool = False  # a complete listing was seen: ownership can be decided
+    tombstones: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    timers: dict[str, float] = field(default_factory=dict)  # uid -> when a retry is due
+    confirming: set[str] = field(default_factory=set)
+    converging: set[str] = field(default_factory=set)  # uids not yet Ready (or Stalled)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
+    def owner_ref(self, key: str) -> ObjectRef | None:
+        uid = self.owners.get(key)
+        rec = self.records.get(uid) if uid is not None else None
+        return rec.obj.ref if rec is not None else None
 
-    @property
-    def ready(self) -> bool:
-        for c in (self.status or {}).get("conditions") or []:
-            if c.get("type") == "Ready":
-                return c.get("status") == "True" and bool(c.get("observedGeneration") == self.generation)
-        return False
-
-    def ref(self) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "name": self.name,
-            "namespace": self.namespace,
-            "uid": self.uid,
-        }
+    def is_duplicate(self, uid: str) -> bool:
+        rec = self.records.get(uid)
+        return bool(rec and rec.decided and rec.decided.outcome.kind == "duplicate")
 
 
-Claim = tuple[str, str, bool]  # (creationTimestamp, name, already holds the sieId)
+# --------------------------------------------------------------------------- pure decisions
 
 
-def holds_claim(status: Mapping[str, Any] | None) -> bool:
-    """Whether a resource's status shows it owns its sieId (it was reconciled, not as a duplicate)."""
-    for c in (status or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return bool(c.get("reason") != "DuplicateSieId")
+def desired_write(state: State, obj: ObjectSnapshot) -> WriteSnapshot:
+    owner = state.owners.get(obj.sie_key)
+    dup_of = None
+    if obj.sie_key and owner is not None and owner != obj.uid:
+        ref = state.owner_ref(obj.sie_key)
+        dup_of = ref.display if ref is not None else "?"
+    return WriteSnapshot(obj.uid, obj.generation, obj.sie_id, dup_of, obj.spec)
+
+
+def desired_status(
+    rec: Record, want: WriteSnapshot, fleet: FleetSnapshot | None, wall: str
+) -> dict[str, Any] | None:
+    """The status to show, or None while the current generation's write is undecided."""
+    d = rec.decided
+    if d is None or d.write != want:
+        return None
+    if d.outcome.kind == "accepted" and fleet is None:
+        return None  # no fleet snapshot yet: nothing true to say about readiness
+    return compute_status(
+        generation=want.generation,
+        outcome=d.outcome,
+        gateways=fleet.observations(want.sie_id) if fleet is not None else [],
+        previous=rec.obj.status,
+        now=wall,
+    )
+
+
+def is_ready(status: Mapping[str, Any] | None, generation: int) -> bool:
+    for c in (status or {}).get("conditions") or ():
+        if isinstance(c, Mapping) and c.get("type") == "Ready":
+            return c.get("status") == "True" and c.get("observedGeneration") == generation
     return False
 
 
-def pick_winner(claims: Iterable[Claim]) -> Claim | None:
-    """The oldest claim on one sieId wins. creationTimestamp has one-second resolution, so
-    within the same second the resource that already holds the sieId keeps it (no
-    flip-flop), and only then does the name decide."""
-    items = sorted(claims, key=lambda c: (c[0], not c[2], c[1]))
-    return items[0] if items else None
+def _settled(rec: Record) -> bool:
+    """Nothing will change without new input: Ready or Stalled at the current generation."""
+    d = rec.decided
+    if d is None or rec.inflight is not None or d.write.generation != rec.obj.generation:
+        return False
+    if d.outcome.kind in STALLED_KINDS:
+        return True
+    return is_ready(rec.obj.status, rec.obj.generation)
 
 
-class Reconciler:
-    def __init__(
-        self,
-        service: ConfigServiceLike,
-        fleet: FleetReader,
-        kube: KubeClient,
-        *,
-        fast_interval: float = 0.25,
-        slow_interval: float = 15.0,
-        max_backoff: float = 30.0,
-        patch_concurrency: int = 16,
-        publishes: bool = True,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.service = service
-        self.fleet = fleet
-        self.kube = kube
-        self.fast_interval = fast_interval
-        self.slow_interval = slow_interval
-        self.max_backoff = max_backoff
-        self.publishes = publishes
-        self.clock = clock
-        self.tracked: dict[tuple[str, str], Tracked] = {}
-        self._kick = asyncio.Event()
-        self._patch_sem = asyncio.Semaphore(patch_concurrency)
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+# --------------------------------------------------------------------------- the step
 
-    # -- event intake (called from the kopf handlers) ----------------------------------
-    async def observe(self, event_type: str | None, body: Mapping[str, Any], claims: Iterable[Claim]) -> None:
-        """A watch event (ADDED/MODIFIED/initial listing) for one resource."""
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
-        if event_type == "DELETED":
-            await self.forget(body)
-            return
-        spec = dict(body.get("spec") or {})
-        t = self.tracked.get(key)
-        if t is None or t.uid != meta.get("uid"):
-            st = body.get("status")
-            t = Tracked(
-                namespace=key[0],
-                name=key[1],
-                uid=str(meta.get("uid")),
-                generation=int(meta.get("generation") or 0),
-                created=str(meta.get("creationTimestamp") or ""),
-                sie_id=str(spec.get("sieId") or ""),
-                spec=spec,
-                status=dict(st) if isinstance(st, Mapping) else None,
-            )
-            self.tracked[key] = t
-        else:
-            old_sie_id = t.sie_id
-            t.generation = int(meta.get("generation") or 0)
-            t.spec = spec
-            t.sie_id = str(spec.get("sieId") or "")
-            if old_sie_id != t.sie_id:
-                await self._release_claim(t.namespace, old_sie_id)
-        winner = pick_winner(self._with_memory(t.namespace, claims))
-        t.duplicate_of = winner[1] if winner is not None and winner[1] != t.name else None
-        await self.sync(t)
 
-    def _with_memory(self, namespace: str, claims: Iterable[Claim]) -> list[Claim]:
-        """Claims from the index, corrected by what this process already decided (the
-        index only learns of a win once the status patch comes back)."""
-        out = []
-        for created, name, holds in claims:
-            t = self.tracked.get((namespace, name))
-            if t is not None and t.outcome is not None:
-                holds = t.outcome.kind != "duplicate"
-            out.append((created, name, holds))
-        return out
+def step(state: State, inp: Input, *, now: float, wall: str, cfg: CoreConfig) -> list[Effect]:
+    """Fold one input into ``state``; return the effects to perform."""
+    effects: list[Effect] = []
+    touched: set[str] = set()
+    if isinstance(inp, Seen):
+        touched |= _see(state, inp.obj)
+    elif isinstance(inp, Gone):
+        touched |= _gone(state, inp.ref, effects)
+    elif isinstance(inp, Listed):
+        touched |= _listed(state, inp.objs, effects)
+    elif isinstance(inp, WriteDone):
+        touched |= _write_done(state, inp, now, cfg, effects)
+    elif isinstance(inp, FleetSeen):
+        state.fleet = inp.fleet
+        touched |= set(state.records)
+    elif isinstance(inp, PatchDone):
+        touched |= _patch_done(state, inp, now, cfg, effects)
+    elif isinstance(inp, Tick):
+        due = [uid for uid, at in state.timers.items() if at <= now]
+        touched |= set(due)
+    for uid in sorted(touched):
+        _plan(state, uid, now, wall, effects)
+    return effects
 
-    async def forget(self, body: Mapping[str, Any]) -> None:
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
-        t = self.tracked.pop(key, None)
-        self._locks.pop(key, None)
-        if t is None:
-            return
-        if t.outcome is not None and t.outcome.kind == "accepted":
-            await self._event(
-                t,
-                "Retained",
-                f"ModelConfig deleted; model {t.sie_id} stays in the config store (append-only). "
-                "Re-creating a ModelConfig with the same content adopts it.",
-            )
-        await self._release_claim(t.namespace, t.sie_id)
 
-    async def _release_claim(self, namespace: str, sie_id: str) -> None:
-        """A resource gave up a sieId (deleted, or its sieId changed): a duplicate that lost
-        to it may now win."""
-        peers = [p for p in self.tracked.values() if p.namespace == namespace and p.sie_id == sie_id]
-        if peers:
-            winner = pick_winner(
-                (p.created, p.name, p.outcome is not None and p.outcome.kind != "duplicate") for p in peers
-            )
-            for p in peers:
-                p.duplicate_of = winner[1] if winner is not None and winner[1] != p.name else None
-                p.outcome_generation = -1
-                await self.sync(p)
+def _see(state: State, obj: ObjectSnapshot) -> set[str]:
+    uid = obj.uid
+    state.confirming.discard(uid)
+    if uid in state.tombstones:
+        return set()  # a late view of an incarnation known to be gone
+    rec = state.records.get(uid)
+    if rec is not None and not not_older(obj.resource_version, rec.obj.resource_version):
+        return set()
+    old_key = rec.obj.sie_key if rec is not None else None
+    state.records[uid] = replace(rec, obj=obj) if rec is not None else Record(obj)
+    touched = {uid}
+    if old_key != obj.sie_key:
+        if old_key is not None:
+            _unclaim(state, old_key, uid)
+            touched |= _reassign(state, old_key)
+        state.claims.setdefault(obj.sie_key, set()).add(uid)
+        touched |= _reassign(state, obj.sie_key)
+    return touched
 
-    # -- reconcile ---------------------------------------------------------------------
-    async def sync(self, t: Tracked, *, force: bool = False) -> None:
-        """Make the store hold this resource's model (idempotent), then refresh status soon."""
-        lock = self._locks.setdefault(t.key, asyncio.Lock())
-        async with lock:
-            stale = t.outcome_generation != t.generation or force
-            was_dup = t.outcome is not None and t.outcome.kind == "duplicate"
-            if not stale and was_dup != (t.duplicate_of is not None):
-                stale = True
-            if stale:
-                t.outcome = await self._store(t)
-                t.outcome_generation = t.generation
-                if t.outcome.kind in TRANSIENT_KINDS:
-                    t.retry_at = self.clock() + t.backoff
-                    t.backoff = min(t.backoff * 2, self.max_backoff)
-                else:
-                    t.backoff = 0.5
-        self._kick.set()
 
-    async def _store(self, t: Tracked) -> StoreOutcome:
-        if t.duplicate_of is not None:
-            outcome = StoreOutcome(
-                "duplicate",
-                f"sieId {t.sie_id} is already claimed by ModelConfig {t.duplicate_of} in this namespace "
-                "(the older resource wins)",
-            )
-            await self._event_once(t, "DuplicateSieId", outcome.message, warning=True)
-            return outcome
-        try:
-            doc = spec_to_sie(t.spec)
-        except Exception as exc:
-            outcome = StoreOutcome("invalid", f"spec cannot be converted: {exc}")
-            await self._event_once(t, "InvalidSpec", outcome.message, warning=True)
-            return outcome
-        try:
-            result = await self.service.apply(doc, source="api")
-        except Exception as exc:
-            mapped = classify_exception(exc)
-            if mapped is None:
-                log.exception("unexpected failure applying %s/%s", t.namespace, t.name)
-                mapped = StoreOutcome("store_error", f"unexpected error: {type(exc).__name__}: {exc}")
-            reason = {
-                "conflict": "ContentConflict",
-                "invalid": "InvalidSpec",
-                "unroutable": "Unroutable",
-                "nats_unavailable": "NatsUnavailable",
-                "store_error": "StoreError",
-            }.get(mapped.kind, "Failed")
-            await self._event_once(t, reason, mapped.message, warning=True)
-            return mapped
-        entry = result.entry
-        profiles = tuple(sorted(entry.profiles)) if entry is not None else ()
-        if result.changed:
-            # one Event per write (not Accepted + Published): at 1,000 resources applied at once
-            # every API call the operator saves is time the API server gives to the user
-            stored = f"stored model {t.sie_id} at config epoch {result.epoch}" + (
-                f" (new profiles: {', '.join(result.created)})" if result.created else ""
-            )
-            if result.warnings:
-                await self._event(t, "PublishFailed", f"{stored}; {'; '.join(result.warnings)}", warning=True)
-            elif self.publishes and entry is not None:
-                await self._event(
-                    t, "Published", f"{stored}; published to bundles {', '.join(entry.bundles)} over NATS"
-                )
-            else:
-                await self._event(t, "Accepted", stored)
-        return StoreOutcome("accepted", epoch=int(result.epoch), profiles=profiles)
+def _unclaim(state: State, key: str, uid: str) -> None:
+    uids = state.claims.get(key)
+    if uids is not None:
+        uids.discard(uid)
+        if not uids:
+            del state.claims[key]
 
-    # -- status writer -----------------------------------------------------------------
-    def kick(self) -> None:
-        self._kick.set()
 
-    def _needs_fast(self, t: Tracked) -> bool:
-        if t.outcome is None:
-            return True
-        if t.outcome.kind in STALLED_KINDS:
-            return False
-        return not t.ready
+def _reassign(state: State, key: str) -> set[str]:
+    """Decide the owner of one sieId again; the uids to re-plan if it changed."""
+    if not state.synced or not key:
+        return set()
+    uids = state.claims.get(key, set())
+    current = state.owners.get(key)
+    claimants = []
+    for u in uids:
+        o = state.records[u].obj
+        claimants.append(Claimant(u, o.ref.namespace, o.ref.name, o.created, held_by_status(o.status)))
+    owner = decide_owner(claimants, current)
+    if owner is None:
+        state.owners.pop(key, None)
+    else:
+        state.owners[key] = owner
+    return set(uids) if owner != current else set()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Refresh status of every tracked resource; fast while any is converging."""
-        while not stop.is_set():
-            busy = any(self._needs_fast(t) for t in self.tracked.values())
-            timeout = self.fast_interval if busy else self.slow_interval
-            try:
-                await asyncio.wait_for(self._kick.wait(), timeout=timeout)
-                await asyncio.sleep(0.02)  # let a burst of events land in one round
-            except TimeoutError:
-                pass
-            self._kick.clear()
-            if stop.is_set():
-                break
-            try:
-                await self.refresh_once()
-            except Exception:
-                log.exception("status refresh failed")
-                await asyncio.sleep(self.fast_interval)
 
-    async def refresh_once(self) -> None:
-        now_m = self.clock()
-        for t in list(self.tracked.values()):
-            if t.outcome is not None and t.outcome.kind in TRANSIENT_KINDS and now_m >= t.retry_at:
-                await self.sync(t, force=True)
-        if not self.tracked:
-            return
-        snapshot = await self.fleet.fetch()
-        now = utcnow()
-        writes = []
-        for t in list(self.tracked.values()):
-            if t.write_retry_at > now_m:
-                continue
-            new = self.compute(t, snapshot, now)
-            if new is not None and status_changed(t.status, new):
-                writes.append(self._write(t, new))
-        if writes:
-            await asyncio.gather(*writes)
+def _gone(state: State, ref: ObjectRef, effects: list[Effect]) -> set[str]:
+    uid = ref.uid
+    state.confirming.discard(uid)
+    state.tombstones[uid] = None
+    while len(state.tombstones) > MAX_TOMBSTONES:
+        state.tombstones.popitem(last=False)
+    rec = state.records.pop(uid, None)
+    state.timers.pop(uid, None)
+    state.converging.discard(uid)
+    if rec is None:
+        return set()
+    key = rec.obj.sie_key
+    owned = state.owners.get(key) == uid
+    if owned and rec.decided is not None and rec.decided.outcome.kind == "accepted":
+        effects.append(PostEvent(rec.obj.ref, retained_notice(rec.obj.sie_id)))
+    _unclaim(state, key, uid)
+    if owned:
+        state.owners.pop(key, None)
+    return _reassign(state, key)
 
-    def compute(self, t: Tracked, snapshot: FleetSnapshot, now: str) -> dict[str, Any] | None:
-        # a new generation is reported only once its own write was decided: the previous
-        # outcome says nothing about it (it could otherwise look Ready before it was stored)
-        if t.outcome is None or t.outcome_generation != t.generation:
-            return None
-        return compute_status(
-            generation=t.generation,
-            outcome=t.outcome,
-            gateways=snapshot.observations(t.sie_id),
-            previous=t.status,
-            now=now,
+
+def _listed(state: State, objs: Iterable[ObjectSnapshot], effects: list[Effect]) -> set[str]:
+    touched: set[str] = set()
+    present = set()
+    for obj in objs:
+        present.add(obj.uid)
+        touched |= _see(state, obj)
+    if not state.synced:
+        state.synced = True
+        for key in sorted(state.claims):
+            _reassign(state, key)
+        touched |= set(state.records)
+    for uid, rec in state.records.items():
+        if uid not in present and uid not in state.confirming:
+            # missing from a complete listing: deleted while we were not watching, unless
+            # it was created after the listing was taken; one lookup tells which
+            state.confirming.add(uid)
+            effects.append(Confirm(rec.obj.ref))
+    return touched
+
+
+def _backoff(current: float, cfg: CoreConfig) -> float:
+    return min(max(current * 2, cfg.retry_initial), cfg.retry_max)
+
+
+def _write_done(state: State, inp: WriteDone, now: float, cfg: CoreConfig, effects: list[Effect]) -> set[str]:
+    rec = state.records.get(inp.write.uid)
+    if rec is None or rec.inflight != inp.write:
+        return set()  # the resource is gone: nothing to report on
+    outcome = inp.outcome
+    if outcome.kind in TRANSIENT_KINDS:
+        backoff = _backoff(rec.backoff, cfg)
+        rec = replace(
+            rec, inflight=None, decided=Decided(inp.write, outcome), retry_at=now + backoff, backoff=backoff
         )
+    else:
+        rec = replace(rec, inflight=None, decided=Decided(inp.write, outcome), retry_at=0.0, backoff=0.0)
+    if inp.notice is not None:
+        effects.append(PostEvent(rec.obj.ref, inp.notice))
+    state.records[rec.obj.uid] = _notify_once(rec, failure_notice(outcome), inp.write.generation, effects)
+    return {rec.obj.uid}
 
-    async def _write(self, t: Tracked, status: dict[str, Any]) -> None:
-        async with self._patch_sem:
-            was_ready = t.ready
-            try:
-                await self.kube.patch_status(GROUP, VERSION, t.namespace, PLURAL, t.name, status)
-            except Exception as exc:
-                if isinstance(exc, KubeError) and exc.status == 404 and self.tracked.get(t.key) is t:
-                    # deleted before its DELETED event reached us: the same cleanup as for it
-                    await self.forget({"metadata": {"namespace": t.namespace, "name": t.name}})
-                    return
-                log.warning(
-                    "status patch of %s/%s failed (retry in %.1f s): %s",
-                    t.namespace,
-                    t.name,
-                    t.write_backoff,
-                    exc,
-                )
-                t.write_retry_at = self.clock() + t.write_backoff
-                t.write_backoff = min(t.write_backoff * 2, self.max_backoff)
-                return
-            t.write_backoff = 0.5
-            t.write_retry_at = 0.0
-            t.status = status
-            if t.ready and not was_ready:
-                await self._event(
-                    t, "Ready", f"model {t.sie_id} is acked by every worker on every gateway replica"
-                )
 
-    # -- events ------------------------------------------------------------------------
-    async def _event_once(self, t: Tracked, reason: str, message: str, *, warning: bool = False) -> None:
-        key = f"{t.generation}:{reason}"
-        if key in t.events_sent:
-            return
-        t.events_sent.add(key)
-        await self._event(t, reason, message, warning=warning)
+def _notify_once(rec: Record, notice: Notice | None, generation: int, effects: list[Effect]) -> Record:
+    if notice is None:
+        return rec
+    key = f"{generation}:{notice.reason}"
+    if key in rec.notices:
+        return rec
+    effects.append(PostEvent(rec.obj.ref, notice))
+    return replace(rec, notices=rec.notices | {key})
 
-    async def _event(self, t: Tracked, reason: str, message: str, *, warning: bool = False) -> None:
-        try:
-            await self.kube.post_event(
-                namespace=t.namespace,
-                involved=t.ref(),
-                reason=reason,
-                message=message,
-                type_="Warning" if warning else "Normal",
-                now=utcnow(),
-            )
-        except Exception as exc:
-            log.debug("event %s for %s/%s not posted: %s", reason, t.namespace, t.name, exc)
+
+def _patch_done(state: State, inp: PatchDone, now: float, cfg: CoreConfig, effects: list[Effect]) -> set[str]:
+    uid = inp.ref.uid
+    rec = state.records.get(uid)
+    if rec is None:
+        return set()
+    if inp.error == "gone":
+        return _gone(state, inp.ref, effects)
+    if inp.error is not None:
+        backoff = _backoff(rec.patch_backoff, cfg)
+        state.records[uid] = replace(rec, patching=False, patch_retry_at=now + backoff, patch_backoff=backoff)
+        if inp.error == "rejected" and uid not in state.confirming:
+            state.confirming.add(uid)
+            effects.append(Confirm(inp.ref))
+        return {uid}
+    was_ready = is_ready(rec.obj.status, rec.obj.generation)
+    rec = replace(rec, patching=False, patch_retry_at=0.0, patch_backoff=0.0)
+    if (
+        inp.obj is not None
+        and inp.obj.uid == uid
+        and not_older(inp.obj.resource_version, rec.obj.resource_version)
+    ):
+        rec = replace(rec, obj=inp.obj)
+    if not was_ready and is_ready(rec.obj.status, rec.obj.generation):
+        effects.append(PostEvent(rec.obj.ref, ready_notice(rec.obj.sie_id)))
+    state.records[uid] = rec
+    return {uid}
+
+
+def _plan(state: State, uid: str, now: float, wall: str, effects: list[Effect]) -> None:
+    """Start what this resource needs next: its write, then its status."""
+    rec = state.records.get(uid)
+    if rec is None or not state.synced:
+        return
+    want = desired_write(state, rec.obj)
+    if rec.inflight is None:
+        d = rec.decided
+        if want.duplicate_of is not None:
+            if d is None or d.write != want:
+                rec = replace(rec, decided=Decided(want, duplicate_outcome(want)), retry_at=0.0, backoff=0.0)
+                rec = _notify_once(rec, failure_notice(rec.decided.outcome), want.generation, effects)  # type: ignore[union-attr]
+        elif d is None or d.write != want or (d.outcome.kind in TRANSIENT_KINDS and now >= rec.retry_at):
+            rec = replace(rec, inflight=want)
+            effects.append(StoreWrite(want))
+    if not rec.patching and now >= rec.patch_retry_at:
+        desired = desired_status(rec, want, state.fleet, wall)
+        if desired is not None and status_changed(rec.obj.status, desired):
+            rec = replace(rec, patching=True)
+            effects.append(PatchStatus(rec.obj.ref, desired))
+    state.records[uid] = rec
+    due = [t for t in (rec.retry_at if rec.inflight is None else 0.0, rec.patch_retry_at) if t > now]
+    if due:
+        state.timers[uid] = min(due)
+    else:
+        state.timers.pop(uid, None)
+    if _settled(rec):
+        state.converging.discard(uid)
+    else:
+        state.converging.add(uid)

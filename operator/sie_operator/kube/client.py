@@ -124,13 +124,61 @@ class KubeClient:
             return json.loads(text) if text else None
 
     async def patch_status(
-        self, group: str, version: str, namespace: str, plural: str, name: str, status: Mapping[str, Any]
+        self,
+        group: str,
+        version: str,
+        namespace: str,
+        plural: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        uid: str | None = None,
     ) -> Any:
-        """JSON merge patch of the status subresource only (never spec or metadata)."""
+        """Write the status subresource only (never spec or metadata); returns the object.
+
+        With ``uid`` the patch is a JSON patch whose first operation tests
+        ``/metadata/uid``: a re-created object of the same name (another uid) refuses it
+        with 422 instead of receiving its predecessor's status. The status is replaced
+        whole (members that are None are left out). Without ``uid``: a JSON merge patch.
+        """
         path = f"/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}/status"
-        return await self.request(
-            "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
-        )
+        if uid is None:
+            return await self.request(
+                "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
+            )
+        ops = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "add", "path": "/status", "value": _without_nulls(status)},
+        ]
+        return await self.request("PATCH", path, body=ops, content_type="application/json-patch+json")
+
+    async def list_objects(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str | None,
+        *,
+        field_selector: str | None = None,
+        page_size: int = 500,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every object of a namespace (None: the whole cluster), paged; and the list's
+        resourceVersion."""
+        prefix = f"/apis/{group}/{version}" + (f"/namespaces/{namespace}" if namespace else "")
+        items: list[dict[str, Any]] = []
+        params: dict[str, str] = {"limit": str(page_size)}
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        rv = ""
+        while True:
+            data = await self.request("GET", f"{prefix}/{plural}", params=params) or {}
+            items.extend(data.get("items") or [])
+            meta = data.get("metadata") or {}
+            rv = rv or str(meta.get("resourceVersion") or "")
+            token = meta.get("continue")
+            if not token:
+                return items, rv
+            params["continue"] = str(token)
 
     async def list_endpoint_slices(self, namespace: str, service: str) -> list[dict[str, Any]]:
         data = await self.request(
@@ -167,3 +215,11 @@ class KubeClient:
             "count": 1,
         }
         await self.request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_without_nulls(v) for v in value]
+    return value

@@ -1,0 +1,77 @@
+"""What the gateway fleet said, and how a blip of one replica is damped (pure).
+
+A replica that fails one fetch (a GC pause, a rolling restart, a dropped connection) is
+not unreachable yet: for a grace period (by default one heartbeat timeout, the time the
+gateway itself gives a silent worker) its last good view stands in for it. Only a failure
+that lasts longer than the grace period reaches status, so one blip costs no status patch
+and no Event on any resource, while a replica that is really gone is reported after a
+bounded, documented delay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .status import GatewayObservation
+
+
+@dataclass(frozen=True)
+class GatewayView:
+    """What one replica said in one fetch."""
+
+    key: str  # URL we asked
+    gateway_id: str
+    reachable: bool
+    error: str = ""
+    config_epoch: int = 0
+    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # lower-case id -> snapshot
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    views: tuple[GatewayView, ...]
+    taken_at: float
+
+    def observations(self, model_id: str) -> list[GatewayObservation]:
+        key = model_id.lower()
+        return [
+            GatewayObservation(
+                gateway_id=v.gateway_id,
+                reachable=v.reachable,
+                error=v.error,
+                config_epoch=v.config_epoch,
+                snapshot=v.models.get(key),
+            )
+            for v in self.views
+        ]
+
+
+@dataclass(frozen=True)
+class ReplicaHealth:
+    last_good: GatewayView | None
+    failing_since: float | None = None
+
+
+def damp(
+    health: Mapping[str, ReplicaHealth], views: Sequence[GatewayView], now: float, grace: float
+) -> tuple[dict[str, ReplicaHealth], tuple[GatewayView, ...]]:
+    """The views to report, and the health to remember for the next fetch.
+
+    Replicas that are no longer discovered are forgotten (a scaled-down replica is not
+    unreachable, it is gone).
+    """
+    new_health: dict[str, ReplicaHealth] = {}
+    out = []
+    for v in views:
+        if v.reachable:
+            new_health[v.key] = ReplicaHealth(v)
+            out.append(v)
+            continue
+        prev = health.get(v.key)
+        since = prev.failing_since if prev is not None and prev.failing_since is not None else now
+        last = prev.last_good if prev is not None else None
+        new_health[v.key] = ReplicaHealth(last, since)
+        out.append(last if last is not None and now - since < grace else v)
+    return new_health, tuple(out)

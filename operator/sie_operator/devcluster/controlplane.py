@@ -656,7 +656,8 @@ class ControlPlane:
             "--disable-admission-plugins=ServiceAccount",
             "--allow-privileged=true",
         ]
-        self._apiserver = self._spawn("kube-apiserver", [*api_args, *self.extra_apiserver_args])
+        self._api_argv = [*api_args, *self.extra_apiserver_args]
+        self._apiserver = self._spawn("kube-apiserver", self._api_argv)
 
         kubeconfig = work / "kubeconfig"
         self._cluster_entry = {
@@ -677,7 +678,20 @@ class ControlPlane:
         self._kubeconfig = kubeconfig
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        self._api_port, self._api_ctx = api_port, ctx
         self._wait_apiserver(api_port, ctx, deadline)
+
+    def restart_apiserver(self, while_down: Callable[[], None] | None = None) -> None:
+        """Stop kube-apiserver, run ``while_down`` (e.g. edit etcd directly), start it again
+        on the same port with the same flags: every client's watch breaks and must resume."""
+        with self._lock:
+            if self._external or self._apiserver is None:
+                raise ControlPlaneError("restart_apiserver needs a control plane this process started")
+            _terminate(self._apiserver, self.stop_timeout)
+            if while_down is not None:
+                while_down()
+            self._apiserver = self._spawn("kube-apiserver", self._api_argv)
+            self._wait_apiserver(self._api_port, self._api_ctx, time.monotonic() + self.start_timeout)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         work = self._scratch()

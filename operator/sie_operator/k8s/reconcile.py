@@ -156,6 +156,9 @@ class Record:
     patch_retry_at: float = 0.0
     patch_backoff: float = 0.0
     notices: frozenset[str] = frozenset()  # "generation:reason" of warnings already posted
+    # what the fleet said of this model when its status was last decided: a fleet update
+    # that says the same re-plans nothing (O(changed), not O(resources), per update)
+    seen_fleet: tuple[Any, ...] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -212,6 +215,10 @@ def desired_status(
     )
 
 
+def _fleet_view(fleet: FleetSnapshot | None, sie_id: str) -> tuple[Any, ...] | None:
+    return tuple(fleet.observations(sie_id)) if fleet is not None else None
+
+
 def is_ready(status: Mapping[str, Any] | None, generation: int) -> bool:
     for c in (status or {}).get("conditions") or ():
         if isinstance(c, Mapping) and c.get("type") == "Ready":
@@ -246,7 +253,11 @@ def step(state: State, inp: Input, *, now: float, wall: str, cfg: CoreConfig) ->
         touched |= _write_done(state, inp, now, cfg, effects)
     elif isinstance(inp, FleetSeen):
         state.fleet = inp.fleet
-        touched |= set(state.records)
+        touched |= {
+            uid
+            for uid, rec in state.records.items()
+            if rec.seen_fleet != _fleet_view(inp.fleet, rec.obj.sie_id)
+        }
     elif isinstance(inp, PatchDone):
         touched |= _patch_done(state, inp, now, cfg, effects)
     elif isinstance(inp, Tick):
@@ -419,6 +430,7 @@ def _plan(state: State, uid: str, now: float, wall: str, effects: list[Effect]) 
         elif d is None or d.write != want or (d.outcome.kind in TRANSIENT_KINDS and now >= rec.retry_at):
             rec = replace(rec, inflight=want)
             effects.append(StoreWrite(want))
+    rec = replace(rec, seen_fleet=_fleet_view(state.fleet, rec.obj.sie_id))
     if not rec.patching and now >= rec.patch_retry_at:
         desired = desired_status(rec, want, state.fleet, wall)
         if desired is not None and status_changed(rec.obj.status, desired):

@@ -113,6 +113,7 @@ class World:
     state: State = field(default_factory=State)
     events: list[PostEvent] = field(default_factory=list)
     patches_sent: int = 0
+    ready_patched_by: dict[str, int] = field(default_factory=dict)  # uid -> id() of the core state
     trace: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -222,6 +223,8 @@ class World:
             return
         obj.status = {k: v for k, v in p.status.items()}
         obj.rv = self._bump()
+        if is_ready(obj.status, obj.generation):
+            self.ready_patched_by[obj.uid] = id(self.state)
         self._check_ready_claims(obj)
         snap = obj.snapshot()
         self.watch.append(Seen(snap))
@@ -451,8 +454,12 @@ class World:
             if key in owners:
                 raise InvariantError(f"I3: {key} owned by {owners[key]} and {o.namespace}/{o.name}")
             owners[key] = f"{o.namespace}/{o.name}"
+        announced = {e.ref.uid for e in self.events if e.notice.reason == "Ready"}
         for o in live.values():
             ready = {c["type"]: c for c in (o.status or {}).get("conditions") or ()}["Ready"]
+            # a Ready Event per transition made by this process (a restart may lose one in flight)
+            if self.ready_patched_by.get(o.uid) == id(self.state) and o.uid not in announced:
+                raise InvariantError(f"{o.namespace}/{o.name} turned Ready without a Ready Event")
             if ready["reason"] == "DuplicateSieId":
                 owner = owners.get(o.spec["sieId"].lower())
                 if owner is None or owner not in ready["message"]:

@@ -148,8 +148,6 @@ class Driver:
                 if self.clock() - last_tick >= self.fast_interval:
                     last_tick = self.clock()
                     self._apply(Tick())
-                if self.state.converging:
-                    self._fleet_kick.set()
                 self._update_gauges()
         finally:
             for t in (*aux, *self._tasks):
@@ -297,22 +295,26 @@ class Driver:
 
     # -- fleet and listings ------------------------------------------------------------------
     async def _fleet_loop(self, stop: asyncio.Event) -> None:
+        """Read the fleet every fast interval while anything converges, else every slow one;
+        a write that was just accepted asks for a read at once (20 ms later, so a burst of
+        writes shares one read)."""
         while not stop.is_set():
-            if self.state.records:
-                try:
-                    snap = await self.fleet.fetch()
-                except Exception:
-                    log.exception("reading the gateway fleet failed")
-                else:
-                    reachable = sum(1 for v in snap.views if v.reachable)
-                    self.metrics.gateway_replicas.labels("reachable").set(reachable)
-                    self.metrics.gateway_replicas.labels("unreachable").set(len(snap.views) - reachable)
-                    self.submit(FleetSeen(snap))
-            await asyncio.sleep(self.fast_interval)  # the shortest spacing of two fetches
-            if not self.state.converging:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._fleet_kick.wait(), self.slow_interval - self.fast_interval)
+            timeout = self.fast_interval if self.state.converging else self.slow_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._fleet_kick.wait(), timeout)
             self._fleet_kick.clear()
+            await asyncio.sleep(0.02)
+            if not self.state.records:
+                continue
+            try:
+                snap = await self.fleet.fetch()
+            except Exception:
+                log.exception("reading the gateway fleet failed")
+                continue
+            reachable = sum(1 for v in snap.views if v.reachable)
+            self.metrics.gateway_replicas.labels("reachable").set(reachable)
+            self.metrics.gateway_replicas.labels("unreachable").set(len(snap.views) - reachable)
+            self.submit(FleetSeen(snap))
 
     async def _relist_loop(self, stop: asyncio.Event) -> None:
         delay = 0.5

@@ -159,6 +159,9 @@ class Record:
     # what the fleet said of this model when its status was last decided: a fleet update
     # that says the same re-plans nothing (O(changed), not O(resources), per update)
     seen_fleet: tuple[Any, ...] | None = field(default=None, compare=False)
+    # whether our last successful patch made it Ready (the Ready Event marks that transition;
+    # the watch event of a patch can overtake its response, so the observed status cannot tell)
+    announced_ready: bool = False
 
 
 @dataclass
@@ -401,16 +404,14 @@ def _patch_done(state: State, inp: PatchDone, now: float, cfg: CoreConfig, effec
             state.confirming.add(uid)
             effects.append(Confirm(inp.ref))
         return {uid}
-    was_ready = is_ready(rec.obj.status, rec.obj.generation)
     rec = replace(rec, patching=False, patch_retry_at=0.0, patch_backoff=0.0)
-    if (
-        inp.obj is not None
-        and inp.obj.uid == uid
-        and not_older(inp.obj.resource_version, rec.obj.resource_version)
-    ):
-        rec = replace(rec, obj=inp.obj)
-    if not was_ready and is_ready(rec.obj.status, rec.obj.generation):
-        effects.append(PostEvent(rec.obj.ref, ready_notice(rec.obj.sie_id)))
+    if inp.obj is not None and inp.obj.uid == uid:
+        ready_now = is_ready(inp.obj.status, inp.obj.generation)
+        if ready_now and not rec.announced_ready:
+            effects.append(PostEvent(rec.obj.ref, ready_notice(rec.obj.sie_id)))
+        rec = replace(rec, announced_ready=ready_now)
+        if not_older(inp.obj.resource_version, rec.obj.resource_version):
+            rec = replace(rec, obj=inp.obj)
     state.records[uid] = rec
     return {uid}
 

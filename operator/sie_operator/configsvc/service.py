@@ -180,6 +180,7 @@ class ConfigService:
                 settings.nats_url,
                 settings.producer_id,
                 metrics,
+                auth=settings.nats_auth,
                 connect_timeout=settings.nats_connect_timeout,
                 reconnect_wait=settings.nats_reconnect_wait,
                 flush_timeout=settings.nats_flush_timeout,

@@ -203,6 +203,10 @@ class ConfigApi:
 
     # -- probes --------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: 200 unless only a restart can repair the process (a fatal store fault).
+        SIE's is always 200, which let a wedged store live on forever."""
+        if problem := self.service.liveness():
+            return json_response({"status": "error", "detail": problem}, 503)
         return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:

@@ -253,8 +253,9 @@ def describe(url: str | None, auth: NatsAuth | None = None) -> str:
 class ErrorLog:
     """One log line per distinct NATS problem, then at most one every ``interval`` seconds.
 
-    nats-py calls its error callback on every failed (re)connect attempt; unthrottled, a
-    wrong password fills the log. An authorization failure is an ERROR naming where the
+    nats-py calls its error callback on every failed (re)connect attempt, and a refused
+    login alternates with "connection reset" as the server hangs up; unthrottled, a wrong
+    password fills the log. An authorization failure is an ERROR naming where the
     credentials come from (never their value); anything else is a WARNING.
     """
 
@@ -262,18 +263,19 @@ class ErrorLog:
         self.logger = logger
         self.shown_url = shown_url
         self.interval = interval
-        self._last = -math.inf
-        self._last_msg = ""
-        self._suppressed = 0
+        self._seen: dict[str, tuple[float, int]] = {}  # message -> (last logged, suppressed since)
 
     def __call__(self, exc: BaseException) -> None:
         msg = redact_url(str(exc)) or type(exc).__name__
         now = time.monotonic()
-        if msg == self._last_msg and now - self._last < self.interval:
-            self._suppressed += 1
+        last, suppressed = self._seen.get(msg, (-math.inf, 0))
+        if now - last < self.interval:
+            self._seen[msg] = (last, suppressed + 1)
             return
-        extra = f" ({self._suppressed} similar messages suppressed)" if self._suppressed else ""
-        self._last, self._last_msg, self._suppressed = now, msg, 0
+        if len(self._seen) > 64:  # messages can embed changing details; stay bounded
+            self._seen.clear()
+        self._seen[msg] = (now, 0)
+        extra = f" ({suppressed} similar messages suppressed)" if suppressed else ""
         if "authorization" in msg.lower() or "authentication" in msg.lower():
             self.logger.error(
                 "NATS %s refused the login: %s (check the URL userinfo, %s/%s or %s)%s",

@@ -15,7 +15,7 @@ undecodable, huge) are simply a wrong token: 401 or 403, never the 500 SIE answe
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MISSING = "Missing Authorization header"
 INVALID = "Invalid token"
@@ -58,9 +58,9 @@ class Authenticator:
     never matches anything.
     """
 
-    auth_token: str | None = None
-    admin_token: str | None = None
-    export_token: str | None = None
+    auth_token: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+    export_token: str | None = field(default=None, repr=False)
 
     def _matches(self, token: bytes, *candidates: str | None) -> bool:
         # every candidate is compared (no early exit), so timing does not say which class matched

@@ -165,7 +165,7 @@ class NatsPublisher:
                 await nc.publish(SUBJECT_PREFIX + bundle, payload)
                 await nc.publish(ALL_SUBJECT, payload)
             except Exception as exc:
-                log.warning("NATS publish for bundle %s failed: %s", bundle, exc)
+                log.warning("NATS publish for bundle %s failed: %s", bundle, redact_url(str(exc)))
                 failed.append(bundle)
         return PublishResult(failed, len(payloads))
 
@@ -177,7 +177,7 @@ class NatsPublisher:
         try:
             await nc.flush(timeout=self.flush_timeout)  # type: ignore[arg-type]
         except Exception as exc:
-            log.warning("NATS flush failed: %s", exc or type(exc).__name__)
+            log.warning("NATS flush failed: %s", redact_url(str(exc)) or type(exc).__name__)
             return False
         return True
 

@@ -60,12 +60,13 @@ class Settings(BaseModel):
     store_dir: Path | None = None  # None: in-memory only (embedding/tests); the CLI always sets one
     store_durability: Durability = "journal"
     restore: bool = True
-    nats_url: str | None = None
+    nats_url: str | None = Field(default=None, repr=False)  # may carry userinfo; see describe()
     nats_auth: NatsAuth = Field(default_factory=NatsAuth)
     producer_id: str = "sie-config"
-    auth_token: str | None = None
-    admin_token: str | None = None
-    export_token: str | None = None
+    # repr=False: a logged or printed Settings never shows a credential
+    auth_token: str | None = Field(default=None, repr=False)
+    admin_token: str | None = Field(default=None, repr=False)
+    export_token: str | None = Field(default=None, repr=False)
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1)
     idempotency_capacity: int = Field(default=1000, ge=1)
     idempotency_ttl: float = Field(default=24 * 3600.0, gt=0)

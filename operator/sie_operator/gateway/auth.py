@@ -19,7 +19,7 @@ no header, however malformed, can make a check raise: it is a wrong token, 401 o
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ALWAYS_OPEN = frozenset({"/healthz", "/readyz"})
 OPERATIONAL = frozenset({"/", "/health", "/metrics"})
@@ -61,10 +61,10 @@ def _eq(a: str, b: str) -> bool:
 @dataclass(frozen=True)
 class AuthPolicy:
     enabled: bool = False
-    tokens: tuple[str, ...] = ()
-    admin_token: str | None = None
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    admin_token: str | None = field(default=None, repr=False)
     exempt_operational: bool = False
-    export_token: str | None = None
+    export_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(

@@ -53,7 +53,8 @@ class ConfigServiceClient:
                     text = body[:200].decode("utf-8", "replace").strip()
                     raise ConfigServiceError(f"GET {path}: HTTP {resp.status} {text}")
                 return body
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            # ValueError: aiohttp refuses e.g. URL userinfo together with a bearer token
             reason = redact_url(f"{type(exc).__name__}: {exc}")  # aiohttp errors quote the full URL
             raise ConfigServiceError(f"GET {path}: {reason}".rstrip(": ")) from exc
 

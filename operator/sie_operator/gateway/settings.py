@@ -78,9 +78,9 @@ class GatewaySettings:
     config_url: str
     host: str = "0.0.0.0"
     port: int = 8080
-    admin_token: str | None = None
-    export_token: str | None = None
-    nats_url: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    export_token: str | None = field(default=None, repr=False)
+    nats_url: str | None = field(default=None, repr=False)
     nats_auth: NatsAuth = field(default_factory=NatsAuth)
     trusted_producers: tuple[str, ...] | None = ("sie-config",)
     workers: tuple[str, ...] = ()
@@ -95,7 +95,7 @@ class GatewaySettings:
     reconnect_interval: float = 5.0
     backoff_max: float = 60.0
     gateway_id: str = "gateway"
-    auth: AuthPolicy = field(default_factory=AuthPolicy)
+    auth: AuthPolicy = field(default_factory=AuthPolicy, repr=False)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

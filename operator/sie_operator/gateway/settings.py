@@ -102,7 +102,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="listen address (SIE_GATEWAY_HOST, default 0.0.0.0)")
     p.add_argument("--port", "-p", help="listen port (SIE_GATEWAY_PORT, default 8080)")
     p.add_argument("--config-service-url", help="config service base URL (SIE_CONFIG_SERVICE_URL, required)")
-    p.add_argument("--admin-token", help="bearer for the config service and admin routes (SIE_ADMIN_TOKEN)")
+    p.add_argument(
+        "--admin-token",
+        help="admin routes, and the config service bearer when no export token is given "
+        "(SIE_ADMIN_TOKEN; prefer the variable)",
+    )
     p.add_argument(
         "--export-token",
         help="bearer for the config service instead of the admin token: reads and /export only "

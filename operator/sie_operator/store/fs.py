@@ -413,7 +413,7 @@ class FileStore:
             _fsync_dir(self.wal_dir)
         except OSError as exc:
             raise StoreError(f"cannot replay the journal in {self.wal_dir}: {exc.strerror or exc}") from exc
-        if latest:
+        if latest and not self.broken:  # a heal says so itself
             log.warning(
                 "replayed %d model file(s) and epoch %d from the journal (unclean shutdown)",
                 len(latest),

@@ -45,7 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats-url", help="NATS URL (SIE_NATS_URL); without it only the epoch poller syncs")
     natsconn.add_arguments(p)
     p.add_argument("--config-url", help="config service base URL (SIE_CONFIG_SERVICE_URL, required)")
-    p.add_argument("--admin-token", help="bearer for the config service; /export needs it (SIE_ADMIN_TOKEN)")
+    p.add_argument(
+        "--admin-token",
+        help="bearer for the config service when no export token is given "
+        "(SIE_ADMIN_TOKEN; prefer the variable)",
+    )
     p.add_argument(
         "--export-token",
         help="bearer for the config service instead of the admin token: reads and /export only "

@@ -9,8 +9,10 @@ one module (``sie_operator.natsconn``); these tests drive it through each comman
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import time
@@ -363,3 +365,103 @@ async def test_mutual_tls_with_the_shared_options(tmp_path: Path) -> None:
         no_ca = NatsAuth(user=USER, password=PASSWORD, tls_cert=full.tls_cert, tls_key=full.tls_key)
         assert not await _feed_connects(url, no_ca, 2)
     assert natsconn.describe(url, full) == f"{url} (user {USER}, mutual TLS)"
+
+
+# --------------------------------------------------------------------------- NKEY/JWT, real server
+
+
+def _b64(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def _jwt(claims: dict[str, Any], signer: Any) -> str:
+    """A NATS JWT (v2): ed25519-nkey signature over header.payload, base64url without padding."""
+    claims = {**claims, "iat": int(time.time())}
+    claims["jti"] = (
+        base64.b32encode(hashlib.sha256(json.dumps(claims).encode()).digest()).decode().rstrip("=")
+    )
+    header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    return f"{header}.{payload}.{_b64(signer.sign(f'{header}.{payload}'.encode()))}"
+
+
+def _operator_mode(d: Path) -> tuple[Path, Path, Path]:
+    """nats-server in operator (decentralised JWT) mode with one account preloaded; a creds
+    file for a user of that account, and one for a user of an account the server never saw."""
+    import nkeys
+
+    def key(prefix: int) -> Any:
+        return nkeys.from_seed(nkeys.encode_seed(os.urandom(32), prefix))
+
+    op, acc, stranger = (
+        key(nkeys.PREFIX_BYTE_OPERATOR),
+        key(nkeys.PREFIX_BYTE_ACCOUNT),
+        key(nkeys.PREFIX_BYTE_ACCOUNT),
+    )
+    opub, apub = op.public_key.decode(), acc.public_key.decode()
+    limits = {
+        "subs": -1,
+        "data": -1,
+        "payload": -1,
+        "imports": -1,
+        "exports": -1,
+        "wildcards": True,
+        "conn": -1,
+    }
+    op_jwt = _jwt({"iss": opub, "sub": opub, "name": "op", "nats": {"type": "operator", "version": 2}}, op)
+    acc_jwt = _jwt(
+        {
+            "iss": opub,
+            "sub": apub,
+            "name": "sie",
+            "nats": {"limits": {**limits, "leaf": -1}, "type": "account", "version": 2},
+        },
+        op,
+    )
+    conf = d / "operator.conf"
+    conf.write_text(f"operator: {op_jwt}\nresolver: MEMORY\nresolver_preload: {{\n  {apub}: {acc_jwt}\n}}\n")
+    out = []
+    for name, issuer in (("good", acc), ("stranger", stranger)):
+        user = key(nkeys.PREFIX_BYTE_USER)
+        claims = {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}
+        user_jwt = _jwt(
+            {
+                "iss": issuer.public_key.decode(),
+                "sub": user.public_key.decode(),
+                "name": name,
+                "nats": claims,
+            },
+            issuer,
+        )
+        creds = d / f"{name}.creds"
+        creds.write_text(
+            f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{user.seed.decode()}\n------END USER NKEY SEED------\n"
+        )
+        creds.chmod(0o600)
+        out.append(creds)
+    return conf, out[0], out[1]
+
+
+async def test_nkey_jwt_creds_file_logs_in(tmp_path: Path) -> None:
+    conf, good, stranger = _operator_mode(tmp_path)
+    with NatsServer(log_dir=tmp_path / "nats", extra_args=["-c", str(conf)]) as server:
+        assert await _feed_connects(server.url, NatsAuth(creds_file=str(good)), 15)
+        assert not await _feed_connects(server.url, NatsAuth(creds_file=str(stranger)), 2)
+        assert not await _feed_connects(server.url, NatsAuth(), 2)
+
+
+def test_config_api_logs_in_with_a_creds_file_from_the_environment(tmp_path: Path) -> None:
+    conf, good, _ = _operator_mode(tmp_path)
+    with NatsServer(log_dir=tmp_path / "nats", extra_args=["-c", str(conf)]) as server:
+        env = {**_base_env(tmp_path), "SIE_NATS_CREDS": str(good)}
+        proc, port = _start("config-api", tmp_path, server.url, env)
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not _nats_up("config-api", proc, port):
+                time.sleep(0.1)
+            assert _nats_up("config-api", proc, port), proc.log_tail()
+        finally:
+            proc.stop()
+    seed_line = good.read_text().split("-----BEGIN USER NKEY SEED-----\n")[1].splitlines()[0]
+    assert seed_line not in proc.log_path.read_text()

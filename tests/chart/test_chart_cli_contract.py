@@ -104,7 +104,10 @@ def test_gateway_command_line_and_env(config: str) -> None:
     assert s.kubernetes is True and s.k8s_namespace == NAMESPACE
     assert s.k8s_service == f"{FULLNAME}-worker" and s.k8s_port == 8080
     assert s.gateway_id == POD and s.port == 8080
-    assert s.auth.enabled == (config == "all")
+    assert s.auth.enabled  # auth is on by default
+    # the gateway bootstraps with the export token and never holds the admin token
+    assert s.export_token and s.admin_token is None
+    assert s.nats_auth.user and s.nats_auth.password
 
 
 @pytest.mark.parametrize("config", ["workers", "all", "producer"])

@@ -114,6 +114,39 @@ def test_helm_install_and_uninstall(control_plane: Any, k8s_namespace: str) -> N
     assert "STATUS: deployed" in res.stdout
     assert f"kubectl get mcfg -n {k8s_namespace}" in res.stdout
     assert "WARNING: store.persistence.enabled=false" in res.stdout
+    assert "Auth is on" in res.stdout and "WARNING: auth is off" not in res.stdout
+
+    def secret(name: str) -> dict[str, str]:
+        out = control_plane.kubectl("get", "secret", name, "-n", k8s_namespace, "-o", "json").stdout
+        data: dict[str, str] = json.loads(out)["data"]
+        return data
+
+    tokens, nats_login = secret(f"{FULLNAME}-auth"), secret(f"{FULLNAME}-nats")
+    assert sorted(tokens) == ["SIE_ADMIN_TOKEN", "SIE_AUTH_TOKEN", "SIE_EXPORT_TOKEN"]
+    # `helm upgrade` keeps the generated credentials (lookup), so nothing is locked out
+    res = helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--set",
+        "store.persistence.enabled=false",
+        "--set",
+        "gateway.replicas=3",
+    )
+    assert res.returncode == 0, res.stderr
+    assert secret(f"{FULLNAME}-auth") == tokens and secret(f"{FULLNAME}-nats") == nats_login
+    # opting out is explicit, and said so
+    res = helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--set",
+        "store.persistence.enabled=false",
+        "--set",
+        "auth.enabled=false",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "WARNING: auth is off" in res.stdout
     got = control_plane.kubectl(
         "get", "deploy,svc,sa,role,rolebinding", "-n", k8s_namespace, "-o", "name"
     ).stdout

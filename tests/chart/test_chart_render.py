@@ -82,6 +82,7 @@ def test_default_objects() -> None:
     objs = rendered("default")
     assert names(objs) == sorted(
         [
+            f"ConfigMap/{NAMESPACE}/{NATS}-config",
             f"Deployment/{NAMESPACE}/{FULLNAME}",
             f"Deployment/{NAMESPACE}/{GATEWAY}",
             f"Deployment/{NAMESPACE}/{NATS}",
@@ -92,6 +93,8 @@ def test_default_objects() -> None:
             f"RoleBinding/{NAMESPACE}/{FULLNAME}",
             f"RoleBinding/{NAMESPACE}/{FULLNAME}-discovery",
             f"RoleBinding/{NAMESPACE}/{GATEWAY}",
+            f"Secret/{NAMESPACE}/{FULLNAME}-auth",
+            f"Secret/{NAMESPACE}/{NATS}",
             f"Service/{NAMESPACE}/{FULLNAME}",
             f"Service/{NAMESPACE}/{GATEWAY}",
             f"Service/{NAMESPACE}/{HEADLESS}",
@@ -176,7 +179,8 @@ def test_operator_is_one_replica_recreate_with_probes() -> None:
     c = container(dep)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": 8080, "health": 8081}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # liveness is the Config API's /healthz: it fails when only a restart repairs the store
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert args(c)[:2] == ["--log-level=info", "run"]
@@ -319,7 +323,7 @@ def test_gateway_defaults() -> None:
     assert e["SIE_GATEWAY_KUBERNETES"] == "true"
     assert e["SIE_GATEWAY_K8S_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert e["SIE_GATEWAY_K8S_SERVICE"] == WORKER and e["SIE_GATEWAY_K8S_PORT"] == "8080"
-    assert e["SIE_AUTH_MODE"] == "none"
+    assert e["SIE_AUTH_MODE"] == "token"  # auth is on by default
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert one(render({"gateway.replicas": 5}), "Deployment", GATEWAY)["spec"]["replicas"] == 5
@@ -359,20 +363,25 @@ def test_no_nats_at_all() -> None:
 
 
 def test_tokens_come_from_secrets() -> None:
+    """Per-token Secrets win; the export token still comes from the generated Secret, and
+    gateways and workers never get the admin token."""
     objs = rendered("tokens")
     admin = {"secretKeyRef": {"name": "sie-admin", "key": "SIE_ADMIN_TOKEN"}}
     read = {"secretKeyRef": {"name": "sie-read", "key": "token"}}
+    export = {"secretKeyRef": {"name": f"{FULLNAME}-auth", "key": "SIE_EXPORT_TOKEN"}}
     op = env(operator(objs))
     assert op["SIE_ADMIN_TOKEN"] == admin and op["SIE_AUTH_TOKEN"] == read
+    assert op["SIE_EXPORT_TOKEN"] == export
     assert op["SIE_GATEWAY_TOKEN"] == read  # the gateways enforce the read token
     gw = env(gateway(objs))
-    assert gw["SIE_ADMIN_TOKEN"] == admin and gw["SIE_AUTH_TOKEN"] == read and gw["SIE_AUTH_MODE"] == "token"
+    assert "SIE_ADMIN_TOKEN" not in gw
+    assert (
+        gw["SIE_EXPORT_TOKEN"] == export and gw["SIE_AUTH_TOKEN"] == read and gw["SIE_AUTH_MODE"] == "token"
+    )
     objs = render({**CONFIGS["tokens"], **CONFIGS["workers"]})
     for w in find(objs, "StatefulSet"):
-        assert env(container(w))["SIE_ADMIN_TOKEN"] == admin
-    # no literal secret anywhere in the rendered chart, and no token env without a Secret
-    default = env(operator(rendered("default")))
-    assert not {"SIE_ADMIN_TOKEN", "SIE_AUTH_TOKEN", "SIE_GATEWAY_TOKEN"} & set(default)
+        e = env(container(w))
+        assert "SIE_ADMIN_TOKEN" not in e and e["SIE_EXPORT_TOKEN"] == export
 
 
 # --------------------------------------------------------------------------- workers
@@ -537,7 +546,12 @@ def test_service_monitor_scrapes_operator_and_gateway_once() -> None:
     assert endpoint["path"] == "/metrics"
     for s in selected:
         assert endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
-    assert "authorization" not in endpoint
+    # auth is on by default: the gateways' /metrics needs the read token
+    assert endpoint["authorization"]["credentials"] == {"name": f"{FULLNAME}-auth", "key": "SIE_AUTH_TOKEN"}
+    off = one(
+        render({"monitoring.serviceMonitor.enabled": True, "auth.enabled": False}), "ServiceMonitor", FULLNAME
+    )
+    assert "authorization" not in off["spec"]["endpoints"][0]
     sm = one(rendered("all"), "ServiceMonitor", FULLNAME)
     assert sm["metadata"]["labels"]["release"] == "prometheus"
     assert sm["spec"]["endpoints"][0]["authorization"]["credentials"] == {

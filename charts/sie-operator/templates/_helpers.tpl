@@ -113,15 +113,82 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* SIE_ADMIN_TOKEN from its Secret, if one is configured. */}}
-{{- define "sie-operator.adminTokenEnv" -}}
-{{- with .Values.auth.adminToken.existingSecret }}
-- name: SIE_ADMIN_TOKEN
+{{/* Auth ------------------------------------------------------------------------------- */}}
+
+{{/* The Secret with the three tokens: auth.existingSecret, or the one the chart generates. */}}
+{{- define "sie-operator.authSecretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-auth" (include "sie-operator.fullname" .)) -}}
+{{- end -}}
+
+{{/* "secret/key" holding one token class, or "" when that class is off. A per-token
+existingSecret wins (with its own key); otherwise, with auth.enabled, the auth Secret under
+the standard key. Call with (dict "ctx" $ "token" "adminToken" "key" "SIE_ADMIN_TOKEN"). */}}
+{{- define "sie-operator.tokenRef" -}}
+{{- $cfg := index .ctx.Values.auth .token -}}
+{{- if $cfg.existingSecret -}}
+{{- printf "%s/%s" $cfg.existingSecret $cfg.key -}}
+{{- else if .ctx.Values.auth.enabled -}}
+{{- printf "%s/%s" (include "sie-operator.authSecretName" .ctx) .key -}}
+{{- end -}}
+{{- end -}}
+
+{{/* One token class as an env var (name .as, default .key) from its Secret; nothing when off. */}}
+{{- define "sie-operator.tokenEnv" -}}
+{{- $ref := include "sie-operator.tokenRef" . -}}
+{{- if $ref -}}
+- name: {{ .as | default .key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ regexReplaceAll "/[^/]*$" $ref "" }}
+      key: {{ regexReplaceAll "^.*/" $ref "" }}
+{{- end }}
+{{- end -}}
+
+{{- define "sie-operator.adminTokenRef" -}}{{ include "sie-operator.tokenRef" (dict "ctx" . "token" "adminToken" "key" "SIE_ADMIN_TOKEN") }}{{- end -}}
+{{- define "sie-operator.readTokenRef" -}}{{ include "sie-operator.tokenRef" (dict "ctx" . "token" "authToken" "key" "SIE_AUTH_TOKEN") }}{{- end -}}
+{{- define "sie-operator.exportTokenRef" -}}{{ include "sie-operator.tokenRef" (dict "ctx" . "token" "exportToken" "key" "SIE_EXPORT_TOKEN") }}{{- end -}}
+
+{{/* NATS credentials ------------------------------------------------------------------- */}}
+
+{{/* The Secret with SIE_NATS_USER / SIE_NATS_PASSWORD every component logs in with; "" when
+none (external NATS without nats.external.existingSecret). */}}
+{{- define "sie-operator.natsSecretName" -}}
+{{- if include "sie-operator.builtinNats" . -}}
+{{- .Values.nats.builtin.auth.existingSecret | default (printf "%s-nats" (include "sie-operator.fullname" .)) -}}
+{{- else if .Values.nats.external.url -}}
+{{- .Values.nats.external.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sie-operator.natsAuthEnv" -}}
+{{- with include "sie-operator.natsSecretName" . -}}
+- name: SIE_NATS_USER
   valueFrom:
     secretKeyRef:
       name: {{ . }}
-      key: {{ $.Values.auth.adminToken.key }}
+      key: SIE_NATS_USER
+- name: SIE_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: SIE_NATS_PASSWORD
 {{- end }}
+{{- end -}}
+
+{{/* The built-in nats-server's configuration: clients must log in. */}}
+{{- define "sie-operator.natsConf" -}}
+port: 4222
+http_port: 8222
+authorization {
+  user: $SIE_NATS_USER
+  password: $SIE_NATS_PASSWORD
+}
+{{- end -}}
+
+{{/* A Secret's existing data (kept across `helm upgrade`), or an empty dict at install. */}}
+{{- define "sie-operator.secretData" -}}
+{{- $found := lookup "v1" "Secret" .ns .name -}}
+{{- toJson (($found).data | default dict) -}}
 {{- end -}}
 
 {{- define "sie-operator.podNameEnv" -}}

@@ -21,7 +21,9 @@ from typing import Any
 
 from aiohttp import web
 
+from sie_operator import natsconn
 from sie_operator.cli import UsageError
+from sie_operator.natsconn import NatsAuth
 
 from .http import build_app
 from .service import ConfigError, ConfigService
@@ -59,6 +61,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "[SIE_CONFIG_STORE_DURABILITY]",
     )
     parser.add_argument("--nats-url", help="NATS server URL [SIE_NATS_URL] (default: no publishing)")
+    natsconn.add_arguments(parser)
     parser.add_argument(
         "--producer-id",
         help="router_id put in NATS deltas [SIE_PRODUCER_ID] (default: sie-config-<POD_NAME or hostname>)",
@@ -75,6 +78,7 @@ def settings_from_args(args: argparse.Namespace, env: dict[str, str] | None = No
         "restore": args.restore,
         "store_durability": args.store_durability,
         "nats_url": args.nats_url,
+        "nats_auth": NatsAuth.from_args(args, env),
         "producer_id": args.producer_id,
     }
     if args.port is not None:

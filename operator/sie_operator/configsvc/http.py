@@ -29,7 +29,7 @@ from sie_operator.catalog.modelspec import InvalidModelSpec, parse_model_spec
 from sie_operator.catalog.registry import CaseConflict, ContentConflict, ValidationFailed, WriteRejected
 from sie_operator.store.fs import StoreError
 
-from .auth import Authenticator, AuthFailure
+from .auth import Authenticator, AuthFailure, token_of
 from .idempotency import CachedResponse, IdempotencyCache, IdempotencyInFlight, IdempotencyMismatch
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .service import ConfigService, NatsUnavailable, RegistryUnavailable
@@ -123,7 +123,7 @@ class ConfigApi:
     def __init__(self, service: ConfigService, settings: Settings) -> None:
         self.service = service
         self.limit = settings.max_body_bytes
-        self.auth = Authenticator(settings.auth_token, settings.admin_token)
+        self.auth = Authenticator(settings.auth_token, settings.admin_token, settings.export_token)
         self._metric_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.idempotency = IdempotencyCache(
             capacity=settings.idempotency_capacity,
@@ -203,6 +203,10 @@ class ConfigApi:
 
     # -- probes --------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: 200 unless only a restart can repair the process (a fatal store fault).
+        SIE's is always 200, which let a wedged store live on forever."""
+        if problem := self.service.liveness():
+            return json_response({"status": "error", "detail": problem}, 503)
         return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
@@ -345,7 +349,7 @@ class ConfigApi:
         return json_response({"epoch": svc.epoch, "bundles_hash": bundles_hash})
 
     async def export(self, request: web.Request) -> web.Response:
-        if fail := self.auth.check_write(request.headers.get("Authorization")):
+        if fail := self.auth.check_export(request.headers.get("Authorization")):
             return _auth_response(fail)
         if missing := self._registry_missing():
             return missing
@@ -458,9 +462,9 @@ class ConfigApi:
             "endpoint": "/v1/configs/models",
             "status": status,
         }
-        token = header.removeprefix("Bearer ").strip() if header else ""
+        token = token_of(header)
         if token:
-            event["token_id"] = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+            event["token_id"] = hashlib.sha256(token).hexdigest()[:12]
         if model_id is not None:
             event["model"] = model_id
         event["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)

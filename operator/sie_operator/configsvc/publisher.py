@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
 from nats.aio.client import Client as NATS
+
+from sie_operator.natsconn import ErrorLog, NatsAuth, NatsConfigError, connect_options, redact_url
 
 from .metrics import Metrics
 
@@ -79,8 +80,11 @@ class NatsPublisher:
         connect_timeout: float = 2.0,
         reconnect_wait: float = 2.0,
         flush_timeout: float = 2.0,
+        auth: NatsAuth | None = None,
     ) -> None:
         self.url = url
+        self.shown_url = redact_url(url)  # the only form that is ever logged
+        self.auth = auth or NatsAuth()
         self.producer_id = producer_id
         self.metrics = metrics
         self.connect_timeout = connect_timeout
@@ -88,8 +92,7 @@ class NatsPublisher:
         self.flush_timeout = flush_timeout
         self._nc: NATS | None = None
         self._task: asyncio.Task[None] | None = None
-        self._last_error_log = 0.0
-        self._errors_suppressed = 0
+        self._error_log = ErrorLog(log, self.shown_url)
         metrics.nats_connected.set(0)
 
     @property
@@ -106,8 +109,13 @@ class NatsPublisher:
         nc = NATS()
         self._nc = nc
         try:
+            options = connect_options(self.url, self.auth)
+        except NatsConfigError as exc:  # settings validate this at startup; a file may have gone since
+            log.error("NATS connection to %s abandoned: %s", self.shown_url, exc)
+            return
+        try:
             await nc.connect(
-                servers=[u.strip() for u in self.url.split(",")],
+                **options,
                 name=self.producer_id,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
@@ -122,10 +130,10 @@ class NatsPublisher:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("NATS connection to %s abandoned: %s", self.url, exc)
+            log.error("NATS connection to %s abandoned: %s", self.shown_url, redact_url(str(exc)))
             return
         self.metrics.nats_connected.set(1)
-        log.info("connected to NATS at %s as producer %r", self.url, self.producer_id)
+        log.info("connected to NATS at %s as producer %r", self.shown_url, self.producer_id)
 
     async def _on_disconnected(self) -> None:
         self.metrics.nats_connected.set(0)
@@ -139,17 +147,8 @@ class NatsPublisher:
         self.metrics.nats_connected.set(0)
 
     async def _on_error(self, exc: Exception) -> None:
-        # nats-py calls this for every failed (re)connect attempt; keep the log readable.
-        now = time.monotonic()
-        if now - self._last_error_log >= 30.0:
-            extra = (
-                f" ({self._errors_suppressed} similar messages suppressed)" if self._errors_suppressed else ""
-            )
-            log.warning("NATS %s: %s%s", self.url, exc or type(exc).__name__, extra)
-            self._last_error_log = now
-            self._errors_suppressed = 0
-        else:
-            self._errors_suppressed += 1
+        # nats-py calls this for every failed (re)connect attempt; ErrorLog keeps it readable.
+        self._error_log(exc)
 
     async def publish(self, payloads: Sequence[tuple[str, bytes]]) -> PublishResult:
         """Publish each (bundle, payload) to the bundle subject, then the same bytes to ``_all``.
@@ -166,7 +165,7 @@ class NatsPublisher:
                 await nc.publish(SUBJECT_PREFIX + bundle, payload)
                 await nc.publish(ALL_SUBJECT, payload)
             except Exception as exc:
-                log.warning("NATS publish for bundle %s failed: %s", bundle, exc)
+                log.warning("NATS publish for bundle %s failed: %s", bundle, redact_url(str(exc)))
                 failed.append(bundle)
         return PublishResult(failed, len(payloads))
 
@@ -178,7 +177,7 @@ class NatsPublisher:
         try:
             await nc.flush(timeout=self.flush_timeout)  # type: ignore[arg-type]
         except Exception as exc:
-            log.warning("NATS flush failed: %s", exc or type(exc).__name__)
+            log.warning("NATS flush failed: %s", redact_url(str(exc)) or type(exc).__name__)
             return False
         return True
 

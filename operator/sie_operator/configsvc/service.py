@@ -45,6 +45,8 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+HEAL_BACKOFF_MAX = 10.0  # seconds between attempts to heal a broken store, at most
+
 PUBLISH_PARTIAL = (
     "nats_publish_partial: Config persisted but NATS notification failed for bundle(s) {bundles!r}. "
     "Workers on those bundles will stay on the previous epoch until the gateway's periodic epoch "
@@ -180,6 +182,7 @@ class ConfigService:
                 settings.nats_url,
                 settings.producer_id,
                 metrics,
+                auth=settings.nats_auth,
                 connect_timeout=settings.nats_connect_timeout,
                 reconnect_wait=settings.nats_reconnect_wait,
                 flush_timeout=settings.nats_flush_timeout,
@@ -226,6 +229,16 @@ class ConfigService:
             and checks["nats"] in ("connected", "disabled")
         )
         return ready, checks
+
+    def liveness(self) -> str | None:
+        """None while the process can serve; else why only a restart can repair it.
+
+        A broken store that can still heal itself (e.g. a full disk) is *not* a liveness
+        failure: a restart would not free space, and readiness already takes the replica
+        out of traffic. A fatal one is: the restart's startup recovery is the repair."""
+        if self.store is not None and self.store.fatal:
+            return f"config store needs a restart: {self.store.fatal}"
+        return None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -376,10 +389,29 @@ class ConfigService:
             log.error("%s: adapter module(s) %s are in no bundle", what, ", ".join(unknown))
 
     async def _checkpoint_loop(self) -> None:
+        """Checkpoints, and healing of a broken store with backoff (so it recovers even when
+        no write arrives: an unready replica gets no traffic)."""
         store = self.store
         assert store is not None
+        loop = asyncio.get_running_loop()
+        backoff = self.checkpoint_interval
+        next_heal = 0.0
         while True:
             await asyncio.sleep(self.checkpoint_interval)
+            if store.broken:
+                if store.fatal or loop.time() < next_heal:
+                    continue
+                try:
+                    healed = await asyncio.to_thread(store.heal)
+                except Exception:
+                    log.exception("store heal attempt failed")
+                    healed = False
+                if healed:
+                    backoff = self.checkpoint_interval
+                else:
+                    backoff = min(backoff * 2, HEAL_BACKOFF_MAX)
+                    next_heal = loop.time() + backoff
+                continue
             if store.needs_checkpoint:
                 try:
                     await asyncio.to_thread(store.checkpoint)

@@ -11,10 +11,11 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sie_operator import natsconn
+from sie_operator.natsconn import NatsAuth
 from sie_operator.store.fs import Durability
 
 MAX_BODY_BYTES = 1_048_576
@@ -59,10 +60,13 @@ class Settings(BaseModel):
     store_dir: Path | None = None  # None: in-memory only (embedding/tests); the CLI always sets one
     store_durability: Durability = "journal"
     restore: bool = True
-    nats_url: str | None = None
+    nats_url: str | None = Field(default=None, repr=False)  # may carry userinfo; see describe()
+    nats_auth: NatsAuth = Field(default_factory=NatsAuth)
     producer_id: str = "sie-config"
-    auth_token: str | None = None
-    admin_token: str | None = None
+    # repr=False: a logged or printed Settings never shows a credential
+    auth_token: str | None = Field(default=None, repr=False)
+    admin_token: str | None = Field(default=None, repr=False)
+    export_token: str | None = Field(default=None, repr=False)
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1)
     idempotency_capacity: int = Field(default=1000, ge=1)
     idempotency_ttl: float = Field(default=24 * 3600.0, gt=0)
@@ -84,16 +88,20 @@ class Settings(BaseModel):
     def _nats_url_shape(cls, v: str | None) -> str | None:
         if v is None or not v.strip():
             return None
-        v = v.strip()
-        for url in v.split(","):
-            parsed = urlsplit(url if "://" in url else f"nats://{url}")
+        try:
+            return natsconn.validate_url(v.strip())
+        except natsconn.NatsConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _nats_options_usable(self) -> Settings:
+        """Credential conflicts and unreadable creds/TLS files stop startup (one line)."""
+        if self.nats_url:
             try:
-                parsed.port  # noqa: B018 - raises ValueError on a bad port
-            except ValueError as exc:
-                raise ValueError(f"{url!r} has an invalid port") from exc
-            if parsed.scheme not in ("nats", "tls", "ws", "wss") or not parsed.hostname:
-                raise ValueError(f"{url!r} is not a NATS URL (e.g. nats://127.0.0.1:4222)")
-        return v
+                natsconn.connect_options(self.nats_url, self.nats_auth)
+            except natsconn.NatsConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -119,8 +127,10 @@ class Settings(BaseModel):
         if durability:
             values["store_durability"] = durability
         values["nats_url"] = env.get("SIE_NATS_URL") or None
+        values["nats_auth"] = NatsAuth.from_env(env)
         values["auth_token"] = env.get("SIE_AUTH_TOKEN")
         values["admin_token"] = env.get("SIE_ADMIN_TOKEN")
+        values["export_token"] = env.get("SIE_EXPORT_TOKEN")
         values["producer_id"] = env.get("SIE_PRODUCER_ID") or default_producer_id(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
@@ -128,11 +138,12 @@ class Settings(BaseModel):
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
             loc = ".".join(str(p) for p in err["loc"])
-            raise SettingsError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from exc
+            msg = err["msg"].removeprefix("Value error, ")
+            raise SettingsError(f"{loc}: {msg}" if loc else msg) from exc
 
     def describe(self) -> str:
         return (
             f"store={self.store_dir or '(memory)'} durability={self.store_durability} restore={self.restore} "
             f"bundles={self.bundles_dir or '(shipped)'} models={self.models_dir or '(none)'} "
-            f"nats={self.nats_url or '(disabled)'} producer_id={self.producer_id}"
+            f"nats={natsconn.describe(self.nats_url, self.nats_auth)} producer_id={self.producer_id}"
         )

@@ -7,6 +7,7 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from .ports import free_port, wait_port
@@ -31,9 +32,13 @@ def nats_server_binary() -> str:
 class NatsServer:
     """Start/stop/restart a nats-server; a restart keeps the same port (URL stays valid)."""
 
-    def __init__(self, port: int | None = None, log_dir: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, log_dir: Path | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
+        """``extra_args`` go to nats-server as given (e.g. ``--user u --pass p`` or ``-c conf``)."""
         self.port = port or free_port()
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="sie-nats-"))
+        self.extra_args = list(extra_args)
         self._proc: ServerProcess | None = None
 
     @property
@@ -41,7 +46,7 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> NatsServer:
-        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
+        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), *self.extra_args]
         self._proc = ServerProcess(argv, name=f"nats-{self.port}", log_dir=self.log_dir).start()
         if not wait_port("127.0.0.1", self.port, timeout):
             tail = self._proc.log_tail()

@@ -9,12 +9,17 @@ Deliberate differences (W12): the admin token is also accepted for reads (SIE's 
 example polls the gateway with it and gets 401 forever), ``POST /v1/configs/resolve`` is a
 read (any valid token), and misconfiguration (unknown mode, auth on without tokens) is
 refused at startup instead of failing open or answering 500 to every request.
+
+The export token (``SIE_EXPORT_TOKEN``) is what a gateway sends to the config service
+instead of the admin token; it is also accepted here for reads, never for admin routes.
+Tokens are compared as bytes (undecodable header bytes arrive as surrogate escapes), so
+no header, however malformed, can make a check raise: it is a wrong token, 401 or 403.
 """
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ALWAYS_OPEN = frozenset({"/healthz", "/readyz"})
 OPERATIONAL = frozenset({"/", "/health", "/metrics"})
@@ -45,30 +50,40 @@ def extract_token(header: str | None) -> str:
     return value
 
 
+def _bytes(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
 def _eq(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+    return hmac.compare_digest(_bytes(a), _bytes(b))
 
 
 @dataclass(frozen=True)
 class AuthPolicy:
     enabled: bool = False
-    tokens: tuple[str, ...] = ()
-    admin_token: str | None = None
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    admin_token: str | None = field(default=None, repr=False)
     exempt_operational: bool = False
+    export_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(
-        cls, mode: str | None, tokens: tuple[str, ...], admin_token: str | None, exempt_operational: bool
+        cls,
+        mode: str | None,
+        tokens: tuple[str, ...],
+        admin_token: str | None,
+        exempt_operational: bool,
+        export_token: str | None = None,
     ) -> AuthPolicy:
         m = (mode or "").strip().lower()
         if m not in ENABLED_MODES | DISABLED_MODES:
             raise AuthConfigError(f"SIE_AUTH_MODE={mode!r} is not one of none, token, static")
         enabled = m in ENABLED_MODES
-        if enabled and not tokens and not admin_token:
+        if enabled and not tokens and not admin_token and not export_token:
             raise AuthConfigError(
-                f"SIE_AUTH_MODE={m} but neither SIE_AUTH_TOKEN(S) nor SIE_ADMIN_TOKEN is set"
+                f"SIE_AUTH_MODE={m} but none of SIE_AUTH_TOKEN(S), SIE_ADMIN_TOKEN, SIE_EXPORT_TOKEN is set"
             )
-        return cls(enabled, tokens, admin_token or None, exempt_operational)
+        return cls(enabled, tokens, admin_token or None, exempt_operational, export_token or None)
 
     def check(self, method: str, path: str, authorization: str | None) -> tuple[int, str] | None:
         """None if the request may proceed, else (status, message)."""
@@ -84,6 +99,7 @@ class AuthPolicy:
             if self.admin_token is None:
                 return 403, "Admin token not configured"
             return None if is_admin else (403, "Admin token required")
-        if is_admin or any(_eq(token, t) for t in self.tokens):
+        readers = [*self.tokens, *([self.export_token] if self.export_token else [])]
+        if is_admin or any([_eq(token, t) for t in readers]):
             return None
         return 401, "Invalid token"

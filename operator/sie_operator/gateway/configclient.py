@@ -15,6 +15,7 @@ import orjson
 
 from sie_operator.catalog import yamlio
 from sie_operator.catalog.bundles import Bundle, BundleError, parse_bundle
+from sie_operator.natsconn import redact_url
 
 
 class ConfigServiceError(Exception):
@@ -52,8 +53,10 @@ class ConfigServiceClient:
                     text = body[:200].decode("utf-8", "replace").strip()
                     raise ConfigServiceError(f"GET {path}: HTTP {resp.status} {text}")
                 return body
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise ConfigServiceError(f"GET {path}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            # ValueError: aiohttp refuses e.g. URL userinfo together with a bearer token
+            reason = redact_url(f"{type(exc).__name__}: {exc}")  # aiohttp errors quote the full URL
+            raise ConfigServiceError(f"GET {path}: {reason}".rstrip(": ")) from exc
 
     async def epoch(self) -> EpochInfo:
         data = _json_object(await self._get("/v1/configs/epoch"), "/v1/configs/epoch")

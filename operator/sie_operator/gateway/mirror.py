@@ -45,6 +45,7 @@ from sie_operator.catalog import yamlio
 from sie_operator.catalog.bundles import Bundle, BundleSet
 from sie_operator.catalog.hashing import model_fragment
 from sie_operator.catalog.registry import ModelEntry, Registry, WriteRejected, same_value
+from sie_operator.natsconn import redact_url
 
 from .configclient import ConfigServiceClient, ConfigServiceError
 from .deltas import (
@@ -490,7 +491,7 @@ class ConfigMirror:
             log.error("bootstrap: %d exported model(s) could not be mirrored: %s", len(outcome.failed), shown)
         log.info(
             "bootstrapped from %s: epoch %d, %d bundle(s), %d model(s)%s",
-            self.client.base_url,
+            redact_url(self.client.base_url),
             outcome.epoch,
             len(bundles),
             len(registry),

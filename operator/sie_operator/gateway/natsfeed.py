@@ -17,14 +17,21 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from sie_operator.natsconn import ErrorLog, NatsAuth, NatsConfigError, connect_options, redact_url
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
 
 
 class NatsFeed:
-    def __init__(self, url: str, *, name: str, backoff_max: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, name: str, backoff_max: float = 10.0, auth: NatsAuth | None = None
+    ) -> None:
         self.url = url
+        self.shown_url = redact_url(url)  # the only form that is ever logged
+        self.auth = auth or NatsAuth()
+        self._error_log = ErrorLog(log, self.shown_url)
         self.name = name
         self.backoff_max = backoff_max
         self.connected = False
@@ -52,10 +59,15 @@ class NatsFeed:
 
     async def _connect_loop(self) -> None:
         delay = 0.5
+        try:
+            options = connect_options(self.url, self.auth)
+        except NatsConfigError as exc:  # settings validate this at startup; a file may have gone since
+            log.error("NATS connection to %s abandoned: %s", self.shown_url, exc)
+            return
         while True:
             try:
                 nc = await nats.connect(
-                    servers=[self.url],
+                    **options,
                     name=self.name,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
@@ -68,7 +80,10 @@ class NatsFeed:
                 break
             except Exception as exc:
                 log.warning(
-                    "NATS %s not reachable (retry in %.1fs): %s", self.url, delay, exc or type(exc).__name__
+                    "NATS %s not reachable (retry in %.1fs): %s",
+                    self.shown_url,
+                    delay,
+                    redact_url(str(exc)) or type(exc).__name__,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
@@ -76,20 +91,22 @@ class NatsFeed:
         for subject, handler in self._subs:
             await nc.subscribe(subject, cb=_callback(handler))
         await nc.flush()
-        log.info("NATS connected to %s, subscribed to %s", self.url, ", ".join(s for s, _ in self._subs))
+        log.info(
+            "NATS connected to %s, subscribed to %s", self.shown_url, ", ".join(s for s, _ in self._subs)
+        )
         self._notify(True)
 
     async def _on_disconnected(self) -> None:
         if self.connected and not self._closing:
-            log.warning("NATS disconnected from %s", self.url)
+            log.warning("NATS disconnected from %s", self.shown_url)
         self._notify(False)
 
     async def _on_reconnected(self) -> None:
-        log.info("NATS reconnected to %s", self.url)
+        log.info("NATS reconnected to %s", self.shown_url)
         self._notify(True)
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("NATS error: %s", exc)
+        self._error_log(exc)
 
     async def close(self) -> None:
         self._closing = True

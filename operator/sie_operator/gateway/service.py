@@ -57,7 +57,8 @@ class Gateway:
     async def start(self) -> None:
         s = self.settings
         self._session = aiohttp.ClientSession()
-        client = ConfigServiceClient(self._session, s.config_url, admin_token=s.admin_token)
+        # the export token is enough to bootstrap; the admin token only if no export token is given
+        client = ConfigServiceClient(self._session, s.config_url, admin_token=s.export_token or s.admin_token)
         self.mirror = ConfigMirror(
             client,
             trusted=s.trusted_producers,
@@ -66,7 +67,7 @@ class Gateway:
             observer=self.metrics,
         )
         if s.nats_url:
-            self.feed = NatsFeed(s.nats_url, name=f"sie-gateway-{s.gateway_id}")
+            self.feed = NatsFeed(s.nats_url, name=f"sie-gateway-{s.gateway_id}", auth=s.nats_auth)
             self.feed.subscribe(ALL_SUBJECT, self.mirror.on_message)
             self.feed.add_listener(self._on_nats)
         else:

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from sie_operator import natsconn
+from sie_operator.natsconn import NatsAuth
+
 from .auth import AuthConfigError, AuthPolicy, parse_tokens
 from .deltas import parse_producer_list
 from .discovery import WorkerUrlError, parse_worker_urls
@@ -49,10 +52,21 @@ def check_http_url(url: str, name: str) -> str:
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError as exc:
-        raise ConfigError(f"{name}={url!r}: {exc}") from None
+        raise ConfigError(f"{name}={natsconn.redact_url(url)!r}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}={url!r} is not an http(s):// URL")
+        raise ConfigError(f"{name}={natsconn.redact_url(url)!r} is not an http(s):// URL")
     return url.rstrip("/")
+
+
+def check_nats(url: str, auth: NatsAuth) -> tuple[str, NatsAuth]:
+    """The shared NATS option checks (natsconn), as a one-line ConfigError."""
+    if not url.startswith(tuple(f"{s}://" for s in natsconn.SCHEMES)):
+        raise ConfigError(f"SIE_NATS_URL={natsconn.redact_url(url)!r} is not a nats:// URL")
+    try:
+        natsconn.connect_options(url, auth)
+    except natsconn.NatsConfigError as exc:
+        raise ConfigError(f"SIE_NATS_URL: {exc}") from None
+    return url, auth
 
 
 def default_instance_id(env: Mapping[str, str]) -> str:
@@ -64,8 +78,10 @@ class GatewaySettings:
     config_url: str
     host: str = "0.0.0.0"
     port: int = 8080
-    admin_token: str | None = None
-    nats_url: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    export_token: str | None = field(default=None, repr=False)
+    nats_url: str | None = field(default=None, repr=False)
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)
     trusted_producers: tuple[str, ...] | None = ("sie-config",)
     workers: tuple[str, ...] = ()
     kubernetes: bool = False
@@ -79,17 +95,27 @@ class GatewaySettings:
     reconnect_interval: float = 5.0
     backoff_max: float = 60.0
     gateway_id: str = "gateway"
-    auth: AuthPolicy = field(default_factory=AuthPolicy)
+    auth: AuthPolicy = field(default_factory=AuthPolicy, repr=False)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="listen address (SIE_GATEWAY_HOST, default 0.0.0.0)")
     p.add_argument("--port", "-p", help="listen port (SIE_GATEWAY_PORT, default 8080)")
     p.add_argument("--config-service-url", help="config service base URL (SIE_CONFIG_SERVICE_URL, required)")
-    p.add_argument("--admin-token", help="bearer for the config service and admin routes (SIE_ADMIN_TOKEN)")
+    p.add_argument(
+        "--admin-token",
+        help="admin routes, and the config service bearer when no export token is given "
+        "(SIE_ADMIN_TOKEN; prefer the variable)",
+    )
+    p.add_argument(
+        "--export-token",
+        help="bearer for the config service instead of the admin token: reads and /export only "
+        "(SIE_EXPORT_TOKEN; prefer the variable, argv is visible to other users)",
+    )
     p.add_argument(
         "--nats-url", help="NATS URL for live deltas (SIE_NATS_URL); without it only the poller syncs"
     )
+    natsconn.add_arguments(p)
     p.add_argument(
         "--trusted-producers",
         help="comma list of trusted delta producers, exact or '<name>-' prefix "
@@ -162,18 +188,21 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         raise ConfigError(str(exc)) from None
     kubernetes = bool(args.kubernetes) or env_bool(env, "SIE_GATEWAY_KUBERNETES")
     admin = pick(args.admin_token, "SIE_ADMIN_TOKEN")
+    export = pick(getattr(args, "export_token", None), "SIE_EXPORT_TOKEN")
     try:
         auth = AuthPolicy.from_settings(
             env.get("SIE_AUTH_MODE"),
             parse_tokens(env.get("SIE_AUTH_TOKENS"), env.get("SIE_AUTH_TOKEN")),
             admin,
             env_bool(env, "SIE_AUTH_EXEMPT_OPERATIONAL"),
+            export,
         )
     except AuthConfigError as exc:
         raise ConfigError(str(exc)) from None
     nats_url = pick(args.nats_url, "SIE_NATS_URL")
-    if nats_url and not nats_url.startswith(("nats://", "tls://", "ws://", "wss://")):
-        raise ConfigError(f"SIE_NATS_URL={nats_url!r} is not a nats:// URL")
+    nats_auth = NatsAuth.from_args(args, env)
+    if nats_url:
+        nats_url, nats_auth = check_nats(nats_url, nats_auth)
     timers = {
         name: parse_number(pick(flag, var, default), f"--{name.replace('_', '-')}", minimum=0.01)
         for name, flag, var, default in (
@@ -189,7 +218,9 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         host=pick(args.host, "SIE_GATEWAY_HOST", "0.0.0.0") or "0.0.0.0",
         port=int(parse_number(pick(args.port, "SIE_GATEWAY_PORT", "8080"), "--port", integer=True)),
         admin_token=admin,
+        export_token=export,
         nats_url=nats_url,
+        nats_auth=nats_auth,
         trusted_producers=None if trust_any else trusted,
         workers=tuple(workers),
         kubernetes=kubernetes,

@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from sie_operator.natsconn import redact_url
+
 from .health import Frame, WorkerTable
 
 log = logging.getLogger(__name__)
@@ -109,11 +111,11 @@ class WorkerConnections:
         for url in sorted(wanted - self._tasks.keys()):
             self.table.add(url)
             self._tasks[url] = asyncio.create_task(self._run(url), name=f"worker-ws {url}")
-            log.info("worker added: %s", url)
+            log.info("worker added: %s", redact_url(url))
         for url in sorted(self._tasks.keys() - wanted):
             self._tasks.pop(url).cancel()
             self.table.remove(url)
-            log.info("worker removed: %s", url)
+            log.info("worker removed: %s", redact_url(url))
 
     @property
     def urls(self) -> list[str]:
@@ -127,13 +129,13 @@ class WorkerConnections:
                 async with self.session.ws_connect(
                     ws_url, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0), autoping=True
                 ) as ws:
-                    log.debug("connected to %s", ws_url)
+                    log.debug("connected to %s", redact_url(ws_url))
                     async for msg in ws:
                         if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                             try:
                                 frame = parse_frame(msg.data)
                             except FrameError as exc:
-                                log.debug("bad status frame from %s: %s", url, exc)
+                                log.debug("bad status frame from %s: %s", redact_url(url), exc)
                                 continue
                             self.table.frame(url, frame)
                         elif msg.type is aiohttp.WSMsgType.ERROR:
@@ -147,7 +149,7 @@ class WorkerConnections:
             if rec is not None and rec.connected:
                 log.warning("worker %s disconnected (%s)", rec.display_name, reason)
             else:
-                log.debug("worker %s not reachable (%s)", url, reason)
+                log.debug("worker %s not reachable (%s)", redact_url(url), redact_url(reason))
             self.table.disconnected(url)
             await asyncio.sleep(self.reconnect_interval)
 

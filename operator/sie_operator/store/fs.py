@@ -25,6 +25,18 @@ harmless, but never content without its epoch bump).
 
 The epoch never goes backwards: a corrupt or missing epoch file (with models present)
 stops startup with a message saying how to repair it, instead of silently restarting at 0.
+An epoch file holding a valid but smaller number than ``model-epochs`` proves (a line
+there is written only once its epoch is durable) is repaired to the proven epoch with a
+warning; a surviving journal is replayed and wins over the file in the same way.
+
+Faults heal: a failed write (ENOSPC, EIO between journal and model files, a failed
+fsync...) marks the store ``broken`` (readiness fails, writes get a 503) and every later
+write, and a background retry, first re-opens it: cut the unacknowledged journal record
+off, replay the journal into fresh files, re-check the epoch against what this process
+acknowledged, start a new segment. Once the cause is gone the store is usable again with
+no restart. Only when that check cannot pass (the disk lost acknowledged state, or a
+``sync``-mode rename was interrupted half-way) is the store ``fatal``: the liveness probe
+then fails so the kubelet restarts the process, whose startup recovery is the repair.
 Why ``model-epochs``: status reports the epoch of the write that made a model's content
 durable; without recording it, a restart could only say "some epoch up to the current
 one", and every ModelConfig's status would change on each operator restart. SIE's own
@@ -208,6 +220,8 @@ class FileStore:
         self.epoch = 0
         self.opened = False
         self.broken: str | None = None  # set after a failure that makes further writes unsafe
+        self.fatal: str | None = None  # broken in a way only a restart can repair
+        self._truncate_to: int | None = None  # journal size before an unacknowledged record
         self._lock = threading.Lock()  # journal, segment rotation, dirty set
         self._checkpoint_lock = threading.Lock()  # one checkpoint at a time, start to finish
         self._lock_fd: int | None = None
@@ -239,6 +253,7 @@ class FileStore:
                 self.epoch = self._recover(segments)
             else:
                 self.epoch = self._read_epoch_strict()
+            self._repair_epoch_from_proofs()
             if self.durability == "journal":
                 self.wal_dir.mkdir(mode=0o700, exist_ok=True)
                 self._seg_seq = 0
@@ -327,6 +342,32 @@ class FileStore:
             raise StoreCorrupt(f"cannot read epoch file {self.epoch_path}: {exc.strerror or exc}") from exc
         return self._parse_epoch(raw)
 
+    def _repair_epoch_from_proofs(self) -> None:
+        """Never step back below what ``model-epochs`` proves (repair, with a warning).
+
+        A line there is appended only after its epoch is durable, so its largest epoch is a
+        floor for the true epoch; an epoch file below it was rolled back or overwritten
+        (a restored backup, a hand edit). Using the floor keeps gateways from seeing the
+        epoch go backwards; writing it makes the repair durable."""
+        proof = max(self.model_epochs.values(), default=0)
+        if proof <= self.epoch:
+            return
+        log.warning(
+            "epoch file %s says %d but %s records writes up to epoch %d; repairing the epoch to %d "
+            "(it must never go backwards)",
+            self.epoch_path,
+            self.epoch,
+            self.model_epochs_path,
+            proof,
+            proof,
+        )
+        self.epoch = proof
+        try:
+            _atomic_write(self.epoch_path, str(proof).encode("ascii"), fsync=True)
+            _fsync_dir(self.base)
+        except OSError as exc:
+            raise StoreError(f"cannot repair epoch file {self.epoch_path}: {exc.strerror or exc}") from exc
+
     def _recover(self, segments: list[tuple[int, Path]]) -> int:
         """Replay journal segments left by a crash (or a failed checkpoint) into the files."""
         records: list[dict[str, Any]] = []
@@ -372,7 +413,7 @@ class FileStore:
             _fsync_dir(self.wal_dir)
         except OSError as exc:
             raise StoreError(f"cannot replay the journal in {self.wal_dir}: {exc.strerror or exc}") from exc
-        if latest:
+        if latest and not self.broken:  # a heal says so itself
             log.warning(
                 "replayed %d model file(s) and epoch %d from the journal (unclean shutdown)",
                 len(latest),
@@ -411,7 +452,7 @@ class FileStore:
         lines = raw.splitlines()
         for line in lines:
             epoch_s, _, mid = line.partition(" ")
-            if epoch_s.isdigit() and mid:
+            if epoch_s.isdigit() and len(epoch_s) <= 19 and mid and int(epoch_s) <= MAX_EPOCH:
                 self.model_epochs[mid] = int(epoch_s)
             # a torn last line (crash mid-append) is simply not recorded
         if len(lines) > 2 * len(self.model_epochs) + 64:
@@ -530,9 +571,11 @@ class FileStore:
         if epoch <= self.epoch or epoch > MAX_EPOCH:
             raise StoreError(f"epoch {epoch} does not follow the stored epoch {self.epoch}")
         paths = [(self._model_path(mid), text.encode("utf-8")) for mid, text in writes]
+        if self.broken:
+            self.heal()  # the cause may be gone (space freed): re-open before refusing
         with self._lock:
             if self.broken:
-                raise StoreError(f"store is unusable until restart: {self.broken}")
+                raise StoreError(f"store unusable: {self.broken}")
             if self.durability == "journal":
                 self._commit_journal(writes, paths, epoch)
                 self._epoch_lines.extend(f"{epoch} {mid}\n" for mid, _ in writes)
@@ -560,16 +603,19 @@ class FileStore:
             try:
                 os.ftruncate(fd, size)
             except OSError as exc2:
-                self.broken = f"journal write failed and could not be undone: {exc2}"
-                log.error("store: %s", self.broken)
+                self._truncate_to = size
+                self.broken = f"journal write failed and could not be undone: {exc2.strerror or exc2}"
+                log.error("store: %s (retrying in the background)", self.broken)
             raise StoreError(f"cannot write the store journal: {exc.strerror or exc}") from exc
         try:
             os.fdatasync(fd)
         except OSError as exc:
             # After a failed fsync the kernel's view of the file is unknown ("fsyncgate"):
-            # stop writing; a restart replays what did reach the disk.
+            # stop writing; healing cuts this unacknowledged record off, syncs, and replays
+            # the journal into fresh files.
+            self._truncate_to = size
             self.broken = f"journal fdatasync failed: {exc.strerror or exc}"
-            log.error("store: %s", self.broken)
+            log.error("store: %s (retrying in the background)", self.broken)
             raise StoreError(f"cannot make the store journal durable: {exc.strerror or exc}") from exc
         # Durable from here on. Publish the files for readers of the directory.
         try:
@@ -584,7 +630,7 @@ class FileStore:
             # The commit is durable in the journal; the files are repaired at the next start.
             # Checkpoints must stop, or they would drop the only good copy.
             self.broken = f"cannot update store files after a durable journal write: {exc.strerror or exc}"
-            log.error("store: %s (restart to repair from the journal)", self.broken)
+            log.error("store: %s (repaired from the journal once the cause is gone)", self.broken)
 
     def _commit_sync(self, paths: list[tuple[Path, bytes]], epoch: int) -> None:
         tmps: list[tuple[Path, Path]] = []
@@ -604,9 +650,62 @@ class FileStore:
                 os.replace(tmp, path)
             _fsync_dir(self.models_dir)
         except OSError as exc:
-            self.broken = f"store update interrupted: {exc.strerror or exc}"
-            log.error("store: %s (restart to reload what reached the disk)", self.broken)
+            # Some renames happened, some did not, and only what reached the disk is known:
+            # a restart's startup (strict epoch, restore) is the repair.
+            self.broken = self.fatal = f"store update interrupted: {exc.strerror or exc}"
+            log.error("store: %s (restart needed: the liveness probe now fails)", self.broken)
             raise StoreError(f"cannot write the store: {exc.strerror or exc}") from exc
+
+    # -- healing -----------------------------------------------------------------------
+    def heal(self) -> bool:
+        """Try to leave the broken state; True when the store is usable again.
+
+        Safe to call at any time from any thread (it takes both locks, checkpoint lock
+        first, like a checkpoint). Never raises: a failure leaves the store broken (retry
+        later) or, when what is on disk contradicts what was acknowledged, fatal."""
+        with self._checkpoint_lock, self._lock:
+            if not self.broken:
+                return True
+            if self.fatal or not self.opened:
+                return False
+            cause = self.broken.split(" (still failing: ")[0]
+            try:
+                self._reopen()
+            except StoreCorrupt as exc:
+                self.broken = self.fatal = str(exc)
+                log.error("store cannot heal itself, restart needed (liveness fails): %s", exc)
+                return False
+            except (OSError, StoreError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self.broken = f"{cause} (still failing: {reason})"
+                return False
+            self.broken = None
+            log.warning("store recovered by itself after: %s", cause)
+            return True
+
+    def _reopen(self) -> None:
+        """What a restart's open() does, in place: undo the unacknowledged journal record,
+        replay the journal into freshly written (and fsynced) files, check the epoch."""
+        if self.durability != "journal":
+            raise StoreCorrupt(f"store in {self.base} needs a restart to re-read what reached the disk")
+        if self._truncate_to is not None and self._seg_fd is not None:
+            os.ftruncate(self._seg_fd, self._truncate_to)
+            os.fdatasync(self._seg_fd)
+        self._truncate_to = None
+        self._close_fds()
+        segments = self._segments()
+        epoch = self._recover(segments) if segments else self._read_epoch_strict()
+        if epoch != self.epoch:
+            raise StoreCorrupt(
+                f"store in {self.base} is at epoch {epoch} on disk but this process acknowledged "
+                f"epoch {self.epoch}"
+            )
+        self._dirty.clear()
+        self._epoch_lines.clear()
+        self._to_delete.clear()
+        self.wal_dir.mkdir(mode=0o700, exist_ok=True)
+        self._open_segment()
+        self._open_epoch_file()
 
     # -- checkpoint / close --------------------------------------------------------------
     @property
@@ -655,7 +754,10 @@ class FileStore:
             with self._lock:
                 self._dirty |= dirty
                 self._epoch_lines[:0] = lines
-            log.warning("store checkpoint failed (will retry; the journal keeps the data): %s", exc)
+                # A retried fsync can succeed although the data it failed on is gone
+                # ("fsyncgate"): do not trust the files; healing rewrites them from the journal.
+                self.broken = f"checkpoint failed: {exc.strerror or exc}"
+            log.warning("store checkpoint failed (the journal keeps the data; repairing): %s", exc)
             return False
         with self._lock:
             self._to_delete = [p for p in self._to_delete if p not in to_delete]

@@ -16,6 +16,7 @@ import os
 import aiohttp
 from aiohttp import web
 
+from sie_operator import natsconn
 from sie_operator.cli import UsageError
 from sie_operator.gateway.configclient import ConfigServiceClient
 from sie_operator.gateway.deltas import parse_producer_list
@@ -24,6 +25,7 @@ from sie_operator.gateway.natsfeed import NatsFeed
 from sie_operator.gateway.settings import (
     ConfigError,
     check_http_url,
+    check_nats,
     default_instance_id,
     env_bool,
     parse_number,
@@ -41,8 +43,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
     p.add_argument("--port", "-p", default="8080", help="listen port (default 8080)")
     p.add_argument("--nats-url", help="NATS URL (SIE_NATS_URL); without it only the epoch poller syncs")
+    natsconn.add_arguments(p)
     p.add_argument("--config-url", help="config service base URL (SIE_CONFIG_SERVICE_URL, required)")
-    p.add_argument("--admin-token", help="bearer for the config service; /export needs it (SIE_ADMIN_TOKEN)")
+    p.add_argument(
+        "--admin-token",
+        help="bearer for the config service when no export token is given "
+        "(SIE_ADMIN_TOKEN; prefer the variable)",
+    )
+    p.add_argument(
+        "--export-token",
+        help="bearer for the config service instead of the admin token: reads and /export only "
+        "(SIE_EXPORT_TOKEN; prefer the variable, argv is visible to other users)",
+    )
     p.add_argument("--ack-delay", default="0", help="seconds before a new config shows in the reported hash")
     p.add_argument("--poll-interval", default="30", help="seconds between /epoch checks (default 30)")
     p.add_argument("--status-interval", default="0.2", help="seconds between status frames (default 0.2)")
@@ -79,11 +91,21 @@ def run(args: argparse.Namespace) -> int:
             )
         if instances > 1 and port == 0:
             raise ConfigError("--instances needs a fixed --port")
+        nats_url = args.nats_url or env.get("SIE_NATS_URL") or None
+        nats_auth = natsconn.NatsAuth.from_args(args, env)
+        if nats_url:
+            check_nats(nats_url, nats_auth)
     except (ConfigError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     name = args.name or env.get("HOSTNAME") or env.get("POD_NAME") or default_instance_id(env)
-    nats_url = args.nats_url or env.get("SIE_NATS_URL") or None
-    admin = args.admin_token or env.get("SIE_ADMIN_TOKEN") or None
+    # the export token is enough to bootstrap; the admin token only if no export token is given
+    token = (
+        args.export_token
+        or env.get("SIE_EXPORT_TOKEN")
+        or args.admin_token
+        or env.get("SIE_ADMIN_TOKEN")
+        or None
+    )
     runners: list[web.AppRunner] = []
     workers: list[WorkerInstance] = []
     holder: dict[str, object] = {}
@@ -91,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
     async def start() -> None:
         session = aiohttp.ClientSession()
         holder["session"] = session
-        client = ConfigServiceClient(session, config_url, admin_token=admin)
-        feed = NatsFeed(nats_url, name=f"sie-worker-{name}") if nats_url else None
+        client = ConfigServiceClient(session, config_url, admin_token=token)
+        feed = NatsFeed(nats_url, name=f"sie-worker-{name}", auth=nats_auth) if nats_url else None
         holder["feed"] = feed
         for i in range(instances):
             w = WorkerInstance(

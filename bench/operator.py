@@ -24,7 +24,8 @@ from typing import Any
 
 from sie_operator.devcluster.controlplane import ControlPlane
 from sie_operator.devcluster.stack import Stack, StackConfig
-from sie_operator.kube.client import KubeClient, load_credentials
+from sie_operator.kube.auth import KubeAuth
+from sie_operator.kube.client import KubeClient
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "bench"
@@ -112,7 +113,8 @@ def reconcile_counters(config_url: str) -> list[str]:
 
 
 async def main_async(args: argparse.Namespace, cp: ControlPlane, stack: Stack) -> None:
-    kube = KubeClient(load_credentials(str(cp.kubeconfig)), timeout=60)
+    auth = await KubeAuth.load(str(cp.kubeconfig))
+    kube = KubeClient(auth, timeout=60)
     try:
         if args.single:
             lat = await single(kube, args.single)
@@ -132,6 +134,7 @@ async def main_async(args: argparse.Namespace, cp: ControlPlane, stack: Stack) -
             print(f"  {line}")
     finally:
         await kube.close()
+        auth.close()
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""EndpointSlice discovery and the kubeconfig loader against a real kube-apiserver."""
+"""EndpointSlice discovery on the shared Kubernetes client against a real kube-apiserver."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from sie_operator.devcluster.controlplane import ControlPlane
 from sie_operator.gateway.discovery import EndpointSliceWatcher
-from sie_operator.gateway.kubeconfig import load_kubeconfig
+from sie_operator.kube.auth import KubeAuth
+from sie_operator.kube.client import KubeClient
 
 pytestmark = pytest.mark.k8s
 
@@ -58,9 +59,10 @@ async def test_endpointslice_watch_follows_ready_endpoints(
     kubectl("apply", "-f", "-", stdin=_slice("other-svc-a", "other", [("10.9.9.9", True)]))
 
     for kubeconfig in (cp.kubeconfig, cp.service_account_kubeconfig(ns, "gw")):  # client cert, then token
-        cfg = await asyncio.to_thread(load_kubeconfig, kubeconfig)
+        auth = await KubeAuth.load(str(kubeconfig))
+        kube = KubeClient(auth)
         q: asyncio.Queue[frozenset[str]] = asyncio.Queue()
-        watcher = EndpointSliceWatcher(cfg, ns, "sie-worker", 8080, q.put_nowait, backoff_max=1.0)
+        watcher = EndpointSliceWatcher(kube, ns, "sie-worker", 8080, q.put_nowait, backoff_max=1.0)
         task = asyncio.create_task(watcher.run())
         try:
             await _next(q, {"http://10.1.0.1:8080"})
@@ -73,3 +75,5 @@ async def test_endpointslice_watch_follows_ready_endpoints(
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+            await kube.close()
+            auth.close()

@@ -19,10 +19,11 @@ from sie_operator.gateway.deltas import (
     parse_producer_list,
     poll_action,
 )
-from sie_operator.gateway.discovery import WorkerUrlError, parse_worker_urls, slice_urls
+from sie_operator.gateway.discovery import WorkerUrlError, parse_worker_urls
 from sie_operator.gateway.health import Frame, Health, WorkerTable, on_disconnect, on_frame, on_sweep
 from sie_operator.gateway.mirror import AckHistory
 from sie_operator.gateway.workers import FrameError, parse_frame, status_url
+from sie_operator.kube.endpointslices import endpoint_urls
 from sie_operator.worker.state import ReportedHash, check_bundle_name, status_frame
 
 
@@ -396,10 +397,21 @@ def test_endpointslice_ready_endpoints_only() -> None:
             {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
             {"addresses": ["10.0.0.3"]},  # unset means ready
             {"addresses": ["fd00::4"], "conditions": {}},
-        ]
+            {"addresses": ["10.0.0.5"], "conditions": {"ready": True, "terminating": True}},  # draining
+        ],
+        "ports": [{"name": "http", "port": 9000}],
     }
-    assert slice_urls(obj, 8080) == {"http://10.0.0.1:8080", "http://10.0.0.3:8080", "http://[fd00::4]:8080"}
-    assert slice_urls({"endpoints": None}, 1) == frozenset()
+    assert endpoint_urls(obj, port=8080) == {
+        "http://10.0.0.1:8080",
+        "http://10.0.0.3:8080",
+        "http://[fd00::4]:8080",
+    }
+    assert endpoint_urls(obj, port=8080, use_slice_port=True) == {
+        "http://10.0.0.1:9000",
+        "http://10.0.0.3:9000",
+        "http://[fd00::4]:9000",
+    }
+    assert endpoint_urls({"endpoints": None}, port=1) == frozenset()
 
 
 def test_frame_types_are_checked() -> None:

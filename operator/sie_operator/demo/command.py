@@ -20,7 +20,8 @@ from typing import Any
 from ..cli import UsageError
 from ..devcluster.controlplane import ControlPlane
 from ..devcluster.stack import Stack, StackConfig
-from ..kube.client import KubeClient, load_credentials
+from ..kube.auth import KubeAuth
+from ..kube.client import KubeClient
 
 NAMESPACE = "sie-demo"
 COLUMNS = ("NAME", "SIE-ID", "READY", "REASON", "ACKED", "PENDING", "EPOCH")
@@ -61,7 +62,8 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 
 async def _watch(kubeconfig: str, exit_when_ready: bool, wait_seconds: float) -> bool:
-    kube = KubeClient(load_credentials(kubeconfig))
+    auth = await KubeAuth.load(kubeconfig)
+    kube = KubeClient(auth)
     tty = sys.stdout.isatty()
     last = ""
     deadline = time.monotonic() + wait_seconds
@@ -85,6 +87,7 @@ async def _watch(kubeconfig: str, exit_when_ready: bool, wait_seconds: float) ->
             await asyncio.sleep(0.5)
     finally:
         await kube.close()
+        auth.close()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,8 +7,8 @@ import asyncio
 
 from sie_operator.cli import UsageError
 
+from ..kube.auth import KubeAuth, KubeAuthError
 from . import settings as settings_mod
-from .kubeconfig import KubeClientConfig, KubeConfigError, load_config
 from .lifecycle import serve_until_signalled
 from .service import Gateway
 
@@ -22,13 +22,13 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_mod.from_args(args)
     except settings_mod.ConfigError as exc:
         raise UsageError(str(exc)) from None
-    kube: KubeClientConfig | None = None
+    auth: KubeAuth | None = None
     if settings.kubernetes:
         try:
-            kube = load_config(settings.kubeconfig)  # file reads: before the loop starts
-        except KubeConfigError as exc:
+            auth = asyncio.run(KubeAuth.load(settings.kubeconfig))  # fail fast, before serving
+        except KubeAuthError as exc:
             raise UsageError(str(exc)) from None
-    gateway = Gateway(settings, kube)
+    gateway = Gateway(settings, auth)
     try:
         asyncio.run(serve_until_signalled(gateway.start, gateway.stop))
     except OSError as exc:

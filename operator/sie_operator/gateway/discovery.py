@@ -5,10 +5,11 @@ separated; SIE's gateway takes a comma list in that variable as one bogus URL). 
 is ``host:port`` or an ``http(s)://`` URL.
 
 Kubernetes: EndpointSlices (discovery.k8s.io/v1, not the legacy Endpoints) labelled
-``kubernetes.io/service-name=<service>``; an endpoint counts while its ``ready`` condition
-is true or unset (the API's own rule), one URL per address with the configured port. The
-watch resumes from the last resourceVersion (bookmarks on), relists on 410 Gone, and
-reconnects with jittered backoff.
+``kubernetes.io/service-name=<service>``; which endpoints count is ``kube.endpointslices``'
+rule (ready, not terminating), one URL per address with the configured port. The watch
+runs on the shared Kubernetes client (``kube.client``: the official asyncio client's
+credentials, renewed on expiry and after a 401), resumes from the last resourceVersion
+(bookmarks on), relists on 410 Gone, and reconnects with jittered backoff.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
-import orjson
 
-from .kubeconfig import KubeClientConfig, KubeConfigError
+from ..kube.client import KubeClient, KubeError, endpoint_slices_path
+from ..kube.endpointslices import SERVICE_LABEL, endpoint_urls
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +62,6 @@ def parse_worker_urls(values: Iterable[str]) -> list[str]:
     return list(out)
 
 
-def slice_urls(obj: Any, port: int) -> frozenset[str]:
-    """Worker URLs of the ready endpoints of one EndpointSlice object."""
-    urls = set()
-    endpoints = obj.get("endpoints") if isinstance(obj, dict) else None
-    for ep in endpoints or []:
-        if not isinstance(ep, dict):
-            continue
-        cond = ep.get("conditions") or {}
-        if isinstance(cond, dict) and cond.get("ready") is False:
-            continue
-        for addr in ep.get("addresses") or []:
-            if isinstance(addr, str) and addr:
-                host = f"[{addr}]" if ":" in addr else addr
-                urls.add(f"http://{host}:{port}")
-    return frozenset(urls)
-
-
 class WatchExpired(Exception):
     """410 Gone: the resourceVersion is too old, list again."""
 
@@ -85,7 +69,7 @@ class WatchExpired(Exception):
 class EndpointSliceWatcher:
     def __init__(
         self,
-        config: KubeClientConfig,
+        kube: KubeClient,
         namespace: str,
         service: str,
         port: int,
@@ -95,7 +79,7 @@ class EndpointSliceWatcher:
         backoff_max: float = 60.0,
         watch_timeout: int = 300,
     ) -> None:
-        self.config = config
+        self.kube = kube
         self.namespace = namespace
         self.service = service
         self.port = port
@@ -105,9 +89,6 @@ class EndpointSliceWatcher:
         self.watch_timeout = watch_timeout
         self._slices: dict[str, frozenset[str]] = {}
         self._emitted: frozenset[str] | None = None
-        selector = quote(f"kubernetes.io/service-name={service}", safe="")
-        self._path = f"/apis/discovery.k8s.io/v1/namespaces/{quote(namespace, safe='')}/endpointslices"
-        self._selector = selector
 
     def _emit(self) -> None:
         urls = frozenset().union(*self._slices.values()) if self._slices else frozenset()
@@ -116,56 +97,54 @@ class EndpointSliceWatcher:
             log.info("service %s/%s: %d ready worker endpoint(s)", self.namespace, self.service, len(urls))
             self.on_urls(urls)
 
+    def _urls(self, obj: Any) -> frozenset[str]:
+        return endpoint_urls(obj, port=self.port)
+
     async def run(self) -> None:
         delay = self.backoff_initial
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self.config.ssl_context)
-        ) as session:
-            while True:
-                try:
-                    headers = await asyncio.to_thread(self.config.auth_header)
-                    rv = await self._list(session, headers)
-                    delay = self.backoff_initial
-                    while True:
-                        rv = await self._watch(session, headers, rv)
-                except WatchExpired:
-                    log.info("EndpointSlice watch expired; listing again")
-                    continue
-                except (TimeoutError, aiohttp.ClientError, OSError, KubeConfigError, ValueError) as exc:
-                    sleep = delay * random.uniform(0.8, 1.2)
-                    log.warning("EndpointSlice discovery failed (retry in %.1fs): %s", sleep, exc)
-                    await asyncio.sleep(sleep)
-                    delay = min(delay * 1.5, self.backoff_max)
+        while True:
+            try:
+                rv = await self._list()
+                delay = self.backoff_initial
+                while True:
+                    rv = await self._watch(rv)
+            except WatchExpired:
+                log.info("EndpointSlice watch expired; listing again")
+                continue
+            except (TimeoutError, aiohttp.ClientError, OSError, KubeError, ValueError) as exc:
+                sleep = delay * random.uniform(0.8, 1.2)
+                log.warning("EndpointSlice discovery failed (retry in %.1fs): %s", sleep, exc)
+                await asyncio.sleep(sleep)
+                delay = min(delay * 1.5, self.backoff_max)
 
-    async def _list(self, session: aiohttp.ClientSession, headers: dict[str, str]) -> str:
-        url = f"{self.config.server}{self._path}?labelSelector={self._selector}"
-        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                raise ValueError(f"list EndpointSlices: HTTP {resp.status} {body[:200]!r}")
-        data = orjson.loads(body)
+    async def _list(self) -> str:
+        items, rv = await self.kube.list_endpoint_slices(self.namespace, self.service)
         self._slices = {
-            item["metadata"]["name"]: slice_urls(item, self.port)
-            for item in data.get("items") or []
+            item["metadata"]["name"]: self._urls(item)
+            for item in items
             if isinstance(item, dict) and isinstance(item.get("metadata"), dict)
         }
         self._emit()
-        return str(data.get("metadata", {}).get("resourceVersion", ""))
+        return rv
 
-    async def _watch(self, session: aiohttp.ClientSession, headers: dict[str, str], rv: str) -> str:
+    async def _watch(self, rv: str) -> str:
         """Follow one watch stream; returns the last resourceVersion when it ends normally."""
-        url = (
-            f"{self.config.server}{self._path}?labelSelector={self._selector}&watch=true"
-            f"&allowWatchBookmarks=true&timeoutSeconds={self.watch_timeout}&resourceVersion={quote(rv)}"
-        )
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.watch_timeout + 30)
-        async with session.get(url, headers=headers, timeout=timeout) as resp:
-            if resp.status == 410:
-                raise WatchExpired
-            if resp.status != 200:
-                raise ValueError(f"watch EndpointSlices: HTTP {resp.status} {(await resp.read())[:200]!r}")
-            async for event in _json_lines(resp):
+        params = {
+            "labelSelector": f"{SERVICE_LABEL}={self.service}",
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(self.watch_timeout),
+            "resourceVersion": rv,
+        }
+        try:
+            async for event in self.kube.stream(
+                endpoint_slices_path(self.namespace), params, read_timeout=self.watch_timeout + 30
+            ):
                 rv = self._handle(event, rv)
+        except KubeError as exc:
+            if exc.status == 410:
+                raise WatchExpired from None
+            raise
         return rv
 
     def _handle(self, event: Any, rv: str) -> str:
@@ -180,25 +159,9 @@ class EndpointSliceWatcher:
         new_rv = str(meta.get("resourceVersion") or rv)
         name = meta.get("name")
         if kind in ("ADDED", "MODIFIED") and isinstance(name, str):
-            self._slices[name] = slice_urls(obj, self.port)
+            self._slices[name] = self._urls(obj)
             self._emit()
         elif kind == "DELETED" and isinstance(name, str):
             self._slices.pop(name, None)
             self._emit()
         return new_rv
-
-
-async def _json_lines(resp: aiohttp.ClientResponse) -> AsyncIterator[Any]:
-    """Newline-delimited JSON of a watch, without a line-length limit."""
-    buf = b""
-    async for chunk in resp.content.iter_any():
-        buf += chunk
-        while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                break
-            line, buf = buf[:nl], buf[nl + 1 :]
-            if line.strip():
-                yield orjson.loads(line)
-    if buf.strip():
-        yield orjson.loads(buf)

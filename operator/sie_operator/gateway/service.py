@@ -14,12 +14,13 @@ import logging
 import aiohttp
 from aiohttp import web
 
+from ..kube.auth import KubeAuth
+from ..kube.client import KubeClient
 from .configclient import ConfigServiceClient
 from .deltas import ALL_SUBJECT
 from .discovery import EndpointSliceWatcher
 from .health import WorkerTable
 from .http import GatewayContext, create_app
-from .kubeconfig import KubeClientConfig
 from .metrics import GatewayMetrics
 from .mirror import ConfigMirror
 from .natsfeed import NatsFeed
@@ -30,9 +31,10 @@ log = logging.getLogger(__name__)
 
 
 class Gateway:
-    def __init__(self, settings: GatewaySettings, kube: KubeClientConfig | None = None) -> None:
+    def __init__(self, settings: GatewaySettings, kube_auth: KubeAuth | None = None) -> None:
         self.settings = settings
-        self.kube = kube
+        self.kube_auth = kube_auth
+        self.kube: KubeClient | None = None
         self.metrics = GatewayMetrics()
         self.table = WorkerTable(heartbeat_timeout=settings.heartbeat_timeout)
         self.connections = WorkerConnections(
@@ -91,8 +93,9 @@ class Gateway:
             self.feed.start()
         self.connections.start()
         self.connections.set_source("static", set(s.workers))
-        if self.kube is not None:
-            ns = s.k8s_namespace or self.kube.namespace or "default"
+        if self.kube_auth is not None:
+            self.kube = KubeClient(self.kube_auth)
+            ns = s.k8s_namespace or self.kube_auth.default_namespace or "default"
             watcher = EndpointSliceWatcher(
                 self.kube,
                 ns,
@@ -124,3 +127,7 @@ class Gateway:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        if self.kube is not None:
+            await self.kube.close()
+        if self.kube_auth is not None:
+            self.kube_auth.close()

@@ -19,7 +19,8 @@ import kopf
 
 from ..cli import UsageError
 from ..configsvc import command as configsvc_command
-from ..kube.client import KubeClient, load_credentials
+from ..kube.auth import KubeAuth, KubeAuthError
+from ..kube.client import KubeClient
 from .driver import Driver
 from .fleet import FleetReader, GatewayDiscovery
 from .handlers import build_registry, configure
@@ -134,16 +135,17 @@ def run(args: argparse.Namespace) -> int:
     opts = _resolve(args)
     settings = configsvc_command.settings_from_args(args)
     try:
-        creds = load_credentials(args.kubeconfig)
-    except (kopf.LoginError, OSError, KeyError, ValueError) as exc:
-        raise UsageError(f"cannot load Kubernetes credentials: {exc}") from exc
-    asyncio.run(_main(args, opts, settings, creds))
+        asyncio.run(_main(args, opts, settings))
+    except KubeAuthError as exc:
+        raise UsageError(str(exc)) from None
     return 0
 
 
-async def _main(args: argparse.Namespace, opts: dict[str, Any], settings: Any, creds: Any) -> None:
+async def _main(args: argparse.Namespace, opts: dict[str, Any], settings: Any) -> None:
+    auth = await KubeAuth.load(args.kubeconfig)
+    log.info("Kubernetes credentials: %s", auth.source)
     service, runner = await configsvc_command.start_service(settings)
-    kube = KubeClient(creds)
+    kube = KubeClient(auth)
     discovery = GatewayDiscovery(
         opts["gateway_urls"],
         kube=kube,
@@ -175,7 +177,7 @@ async def _main(args: argparse.Namespace, opts: dict[str, Any], settings: Any, c
     )
     try:
         await kopf.operator(
-            registry=build_registry(driver, prefer_kubeconfig=args.kubeconfig is not None),
+            registry=build_registry(driver, auth),
             settings=kopf_settings,
             standalone=True,
             clusterwide=opts["all_namespaces"],
@@ -190,4 +192,5 @@ async def _main(args: argparse.Namespace, opts: dict[str, Any], settings: Any, c
             writer.cancel()
         await fleet.close()
         await kube.close()
+        auth.close()
         await configsvc_command.stop_service(service, runner)

@@ -19,13 +19,14 @@ from collections.abc import Callable, Sequence
 import aiohttp
 
 from ..kube.client import KubeClient
+from ..kube.endpointslices import service_urls
 from .fleetview import FleetSnapshot, GatewayView, ReplicaHealth, damp
 
 log = logging.getLogger(__name__)
 
 
 class GatewayDiscovery:
-    """Static URLs, or the ready endpoints of a Service's EndpointSlices."""
+    """Static URLs, or the ready, not terminating endpoints of a Service's EndpointSlices."""
 
     def __init__(
         self,
@@ -47,20 +48,8 @@ class GatewayDiscovery:
     async def resolve(self) -> list[str]:
         if not self.service or self.kube is None:
             return list(self.urls)
-        slices = await self.kube.list_endpoint_slices(self.namespace or "default", self.service)
-        urls = []
-        for s in slices:
-            port = self.port
-            for p in s.get("ports") or []:
-                if p.get("port") and (p.get("name") in (None, "", "http")):
-                    port = int(p["port"])
-                    break
-            for ep in s.get("endpoints") or []:
-                if (ep.get("conditions") or {}).get("ready") is False:
-                    continue
-                for addr in ep.get("addresses") or []:
-                    host = f"[{addr}]" if ":" in addr else addr
-                    urls.append(f"{self.scheme}://{host}:{port}")
+        slices, _ = await self.kube.list_endpoint_slices(self.namespace or "default", self.service)
+        urls = service_urls(slices, port=self.port, scheme=self.scheme, use_slice_port=True)
         return sorted(set(urls)) + [u for u in self.urls if u not in urls]
 
 

@@ -15,23 +15,23 @@ from typing import Any
 
 import kopf
 
+from ..kube.auth import KubeAuth
 from .driver import Driver
 from .spec import API_GROUP as GROUP
 from .spec import API_VERSION as VERSION
 from .spec import PLURAL
 
 
-def build_registry(driver: Driver, *, prefer_kubeconfig: bool = False) -> kopf.OperatorRegistry:
-    """``prefer_kubeconfig``: an explicit --kubeconfig wins over the pod's service account,
-    as in kube.client.load_credentials, so kopf and the status writer are one identity."""
+def build_registry(driver: Driver, auth: KubeAuth) -> kopf.OperatorRegistry:
+    """kopf logs in with the operator's own credentials (``kube.auth``), so its watch and the
+    status writer are one identity, and exec plugins and token renewal work for both."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry, id="login")  # type: ignore[arg-type]
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # the same sources, in the same order, as kube.client.load_credentials
-        if prefer_kubeconfig:
-            return kopf.login_with_kubeconfig(**kwargs)
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        # kopf asks again after a 401 and before ``expiration``: fetch fresh credentials
+        await auth.refresh(force=True)
+        return auth.connection_info()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="modelconfig_event")  # type: ignore[arg-type]
     async def modelconfig_event(event: Any, body: Any, **_: Any) -> None:

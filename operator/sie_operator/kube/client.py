@@ -1,22 +1,27 @@
-"""Minimal async Kubernetes API client built on kopf's own login helpers.
+"""The few Kubernetes API calls this project makes, on the official asyncio client.
 
-Credentials come from the same places kopf looks (in-cluster service account, then
-KUBECONFIG / ~/.kube/config), so the operator's status writer and kopf's watcher always
-act as the same identity, and RBAC tests exercise exactly what the chart grants.
+Every call goes through ``kubernetes_asyncio``'s ApiClient with the credentials of one
+``KubeAuth`` (the identity kopf logs in with too). A 401 means the credentials went stale
+(an exec token revoked, a bound service-account token rotated): the call re-authenticates
+once and is retried, so callers never see a transient 401.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import ssl
-import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
-import kopf
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from .auth import KubeAuth
+
+T = TypeVar("T")
+_OBJECT = {200: "object", 201: "object"}
 
 
 class KubeError(Exception):
@@ -26,79 +31,42 @@ class KubeError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Credentials:
-    server: str
-    ssl: ssl.SSLContext | bool
-    headers: Mapping[str, str]
-    default_namespace: str | None
-
-
-def _write_secret(data: str | bytes, suffix: str) -> str:
-    """Inline kubeconfig material must be a file for the ssl module; keep it 0600."""
-    raw = data.encode() if isinstance(data, str) else data
-    import base64
-    import binascii
-
+def _error(exc: ApiException) -> KubeError:
+    text = exc.body if isinstance(exc.body, str) else str(exc.reason or "")
     try:
-        decoded = base64.b64decode(raw, validate=True)
-        if decoded.startswith(b"-----BEGIN"):
-            raw = decoded
-    except binascii.Error:
-        pass
-    fd, path = tempfile.mkstemp(prefix="sie-kube-", suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    return path
-
-
-def load_credentials(kubeconfig: str | None = None) -> Credentials:
-    """In-cluster service account first, else the kubeconfig (explicit path, $KUBECONFIG, ~/.kube/config)."""
-    settings = kopf.OperatorSettings()
-    info = None
-    if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig
-    else:
-        info = kopf.login_with_service_account(settings=settings)
-    if info is None:
-        info = kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
-        raise kopf.LoginError("no Kubernetes credentials: not in a cluster and no KUBECONFIG")
-    ctx: ssl.SSLContext | bool
-    if info.insecure:
-        ctx = False
-    else:
-        cafile = str(info.ca_path) if info.ca_path else None
-        if info.ca_data:
-            cafile = _write_secret(info.ca_data, ".crt")
-        ctx = ssl.create_default_context(cafile=cafile)
-        cert = str(info.certificate_path) if info.certificate_path else None
-        key = str(info.private_key_path) if info.private_key_path else None
-        if info.certificate_data:
-            cert = _write_secret(info.certificate_data, ".crt")
-        if info.private_key_data:
-            key = _write_secret(info.private_key_data, ".key")
-        if cert:
-            ctx.load_cert_chain(cert, key)
-    headers = dict(info.as_http_headers())
-    return Credentials(
-        server=info.server.rstrip("/"), ssl=ctx, headers=headers, default_namespace=info.default_namespace
-    )
+        message = json.loads(text).get("message", text)
+    except (ValueError, AttributeError, TypeError):
+        message = text
+    return KubeError(int(exc.status or 0), str(message)[:500])
 
 
 class KubeClient:
-    """A few REST calls against the API server with one pooled aiohttp session."""
+    """One pooled ApiClient; methods raise KubeError for HTTP errors."""
 
-    def __init__(self, creds: Credentials, *, timeout: float = 15.0) -> None:
-        self.creds = creds
-        self._session = aiohttp.ClientSession(
-            headers={**creds.headers, "User-Agent": "sie-operator"},
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            connector=aiohttp.TCPConnector(ssl=creds.ssl, limit=32),
-        )
+    def __init__(self, auth: KubeAuth, *, timeout: float = 15.0) -> None:
+        self.auth = auth
+        self.timeout = timeout
+        self.api = ApiClient(auth.configuration)
+        self.api.user_agent = "sie-operator"
+        self._reauth_lock = asyncio.Lock()
+        self.reauthentications = 0
 
     async def close(self) -> None:
-        await self._session.close()
+        await self.api.close()
+
+    async def _with_reauth(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except ApiException as exc:
+            if exc.status != 401:
+                raise _error(exc) from None
+        async with self._reauth_lock:
+            await self.auth.refresh(force=True)
+            self.reauthentications += 1
+        try:
+            return await call()
+        except ApiException as exc:
+            raise _error(exc) from None
 
     async def request(
         self,
@@ -109,19 +77,52 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        data = None if body is None else json.dumps(body, separators=(",", ":"))
-        headers = {"Content-Type": content_type} if data is not None else {}
-        async with self._session.request(
-            method, self.creds.server + path, data=data, params=params, headers=headers
-        ) as resp:
-            text = await resp.text()
-            if resp.status >= 400:
-                try:
-                    message = json.loads(text).get("message", text)
-                except (ValueError, AttributeError):
-                    message = text
-                raise KubeError(resp.status, str(message)[:500])
-            return json.loads(text) if text else None
+        """Any JSON call by path (the typed APIs cover the rest of this module)."""
+
+        async def call() -> Any:
+            return await self.api.call_api(
+                path,
+                method,
+                query_params=list((params or {}).items()),
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body,
+                response_types_map=_OBJECT,
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _request_timeout=self.timeout,
+            )
+
+        return await self._with_reauth(call)
+
+    async def stream(
+        self, path: str, params: Mapping[str, str], *, read_timeout: float
+    ) -> AsyncIterator[Any]:
+        """The JSON lines of a watch (re-authenticating once on 401 at connect)."""
+
+        async def connect() -> Any:
+            return await self.api.call_api(
+                path,
+                "GET",
+                query_params=list(params.items()),
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=aiohttp.ClientTimeout(sock_connect=30, sock_read=read_timeout),
+            )
+
+        resp = await self._with_reauth(connect)
+        try:
+            buf = b""
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                while (nl := buf.find(b"\n")) >= 0:
+                    line, buf = buf[:nl], buf[nl + 1 :]
+                    if line.strip():
+                        yield json.loads(line)
+            if buf.strip():
+                yield json.loads(buf)
+        finally:
+            resp.release()
 
     async def patch_status(
         self,
@@ -180,13 +181,15 @@ class KubeClient:
                 return items, rv
             params["continue"] = str(token)
 
-    async def list_endpoint_slices(self, namespace: str, service: str) -> list[dict[str, Any]]:
+    async def list_endpoint_slices(self, namespace: str, service: str) -> tuple[list[dict[str, Any]], str]:
+        """The EndpointSlices of one Service, and the list's resourceVersion."""
         data = await self.request(
             "GET",
-            f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+            endpoint_slices_path(namespace),
             params={"labelSelector": f"kubernetes.io/service-name={service}"},
         )
-        return list((data or {}).get("items") or [])
+        data = data or {}
+        return list(data.get("items") or []), str((data.get("metadata") or {}).get("resourceVersion") or "")
 
     async def post_event(
         self,
@@ -215,6 +218,10 @@ class KubeClient:
             "count": 1,
         }
         await self.request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+
+
+def endpoint_slices_path(namespace: str) -> str:
+    return f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
 
 
 def _without_nulls(value: Any) -> Any:

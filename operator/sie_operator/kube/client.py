@@ -100,7 +100,7 @@ class KubeClient:
         """The JSON lines of a watch (re-authenticating once on 401 at connect)."""
 
         async def connect() -> Any:
-            return await self.api.call_api(
+            resp = await self.api.call_api(
                 path,
                 "GET",
                 query_params=list(params.items()),
@@ -109,6 +109,13 @@ class KubeClient:
                 _preload_content=False,
                 _request_timeout=aiohttp.ClientTimeout(sock_connect=30, sock_read=read_timeout),
             )
+            if resp.status >= 400:  # the library checks the status only of preloaded answers
+                body = await resp.read()
+                resp.release()
+                exc = ApiException(status=resp.status, reason=resp.reason)
+                exc.body = body.decode("utf-8", "replace")
+                raise exc
+            return resp
 
         resp = await self._with_reauth(connect)
         try:

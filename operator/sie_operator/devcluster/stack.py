@@ -24,7 +24,8 @@ class StackConfig:
     kubeconfig: str | None = None  # None: run `config-api` instead of the operator
     namespaces: Sequence[str] = ()
     gateways: int = 1
-    admin_token: str | None = None
+    admin_token: str | None = None  # the operator / config-api only
+    export_token: str | None = None  # reads and /export: what gateways and workers get
     # short catch-up polls keep tests and the demo quick after an outage (defaults are 30 s)
     worker_args: Sequence[str] = ("--poll-interval", "2")
     gateway_args: Sequence[str] = ("--poll-interval", "2")
@@ -58,15 +59,21 @@ class Stack:
     def gateway_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{p}" for p in self.gateway_ports]
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, *, control: bool = False) -> dict[str, str]:
+        """Least credential: the admin token goes to the config service alone."""
         env = {"PYTHONUNBUFFERED": "1", **self.cfg.extra_env}
-        if self.cfg.admin_token:
+        if self.cfg.export_token:
+            env["SIE_EXPORT_TOKEN"] = self.cfg.export_token
+        if control and self.cfg.admin_token:
             env["SIE_ADMIN_TOKEN"] = self.cfg.admin_token
         return env
 
     # -- pieces ------------------------------------------------------------------------
     def control_process(self) -> ServerProcess:
-        env = self._env() | {"SIE_CONFIG_STORE_DIR": str(self.store_dir), "SIE_NATS_URL": self.nats.url}
+        env = self._env(control=True) | {
+            "SIE_CONFIG_STORE_DIR": str(self.store_dir),
+            "SIE_NATS_URL": self.nats.url,
+        }
         if self.cfg.kubeconfig is None:
             argv = sie_operator_argv("config-api", "--host", "127.0.0.1", "--port", str(self.api_port))
             name = "config-api"

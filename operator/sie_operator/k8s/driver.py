@@ -108,6 +108,7 @@ class Driver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listed_once = False
         self._gauges_at = 0.0
+        self._full_read_at = -1e9
 
     # -- intake (kopf handlers) ----------------------------------------------------------
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -297,17 +298,34 @@ class Driver:
     async def _fleet_loop(self, stop: asyncio.Event) -> None:
         """Read the fleet every fast interval while anything converges, else every slow one;
         a write that was just accepted asks for a read at once (20 ms later, so a burst of
-        writes shares one read)."""
+        writes shares one read). A read asks only for the models still converging; every
+        slow interval it asks for all of them."""
         while not stop.is_set():
             timeout = self.fast_interval if self.state.converging else self.slow_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fleet_kick.wait(), timeout)
             self._fleet_kick.clear()
             await asyncio.sleep(0.02)
-            if not self.state.records:
+            records = self.state.records
+            if not records:
                 continue
+            now = self.clock()
+            wanted: tuple[str, ...] | None = None
+            if now - self._full_read_at >= self.slow_interval:
+                self._full_read_at = now  # every model, Ready ones too: a worker can go away
+                self.fleet.known = tuple(sorted({r.obj.sie_id for r in records.values() if r.obj.sie_id}))
+            else:  # only what is still converging; the rest keeps its last answer
+                wanted = tuple(
+                    sorted(
+                        {
+                            records[u].obj.sie_id
+                            for u in self.state.converging
+                            if u in records and records[u].obj.sie_id
+                        }
+                    )
+                )
             try:
-                snap = await self.fleet.fetch()
+                snap = await self.fleet.fetch(wanted)
             except Exception:
                 log.exception("reading the gateway fleet failed")
                 continue

@@ -12,9 +12,13 @@ for as long.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -53,8 +57,40 @@ class GatewayDiscovery:
         return sorted(set(urls)) + [u for u in self.urls if u not in urls]
 
 
+class ReplicaKind(enum.Enum):
+    UNKNOWN = "unknown"
+    BULK = "bulk"  # ours: GET /v1/configs/status (model= filter)
+    PER_MODEL = "per-model"  # SIE's Rust gateway: only GET /v1/configs/models/{id}/status
+
+
+@dataclass
+class _Replica:
+    """What this process knows of one replica: its kind and its last answer per model.
+
+    Owned by the reader's fetch (fetches do not overlap: they are coalesced)."""
+
+    url: str
+    kind: ReplicaKind = ReplicaKind.UNKNOWN
+    gateway_id: str = ""
+    config_epoch: int = 0
+    models: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # lower-case id -> snapshot
+    complete: bool = False  # read in full at least once
+
+
+class _Unreachable(Exception):
+    pass
+
+
 class FleetReader:
-    """Fetches the bulk readiness of every replica; coalesces concurrent callers."""
+    """Reads every replica; coalesces concurrent callers; remembers each replica's answers.
+
+    ``fetch(wanted)`` asks only for the models in ``wanted`` (the ones not yet Ready) and
+    keeps the last answer for the rest; ``fetch()`` refreshes everything (the driver does
+    that every resync interval). Our gateway is read with one bulk request (with a ``model=``
+    filter when the list is short); a replica that does not serve the bulk endpoint (SIE's
+    own gateway answers 404) is read model by model, ``per_model_concurrency`` at a time,
+    and counts like any other replica.
+    """
 
     def __init__(
         self,
@@ -63,13 +99,18 @@ class FleetReader:
         token: str | None = None,
         timeout: float = 3.0,
         grace: float = 15.0,
+        per_model_concurrency: int = 16,
+        max_filter: int = 200,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.discovery = discovery
         self.grace = grace
         self.clock = clock
+        self.per_model_concurrency = per_model_concurrency
+        self.max_filter = max_filter
         self._health: dict[str, ReplicaHealth] = {}
+        self._replicas: dict[str, _Replica] = {}
         self._urls: list[str] | None = None  # last successful discovery
         self._discovery_failing_since: float | None = None
         self.token = token
@@ -77,7 +118,9 @@ class FleetReader:
         self._session = session
         self._own_session = session is None
         self._inflight: asyncio.Task[FleetSnapshot] | None = None
+        self.known: tuple[str, ...] = ()  # every model the operator tracks (for full per-model reads)
         self.last: FleetSnapshot | None = None
+        self.requests = 0
 
     async def close(self) -> None:
         if self._inflight is not None:
@@ -93,13 +136,13 @@ class FleetReader:
             )
         return self._session
 
-    async def fetch(self, models: Sequence[str] | None = None) -> FleetSnapshot:
+    async def fetch(self, wanted: Sequence[str] | None = None) -> FleetSnapshot:
         """One snapshot of the fleet; joins a fetch already under way."""
         if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.create_task(self._fetch(models), name="fleet-fetch")
+            self._inflight = asyncio.create_task(self._fetch(wanted), name="fleet-fetch")
         return await asyncio.shield(self._inflight)
 
-    async def _fetch(self, models: Sequence[str] | None) -> FleetSnapshot:
+    async def _fetch(self, wanted: Sequence[str] | None) -> FleetSnapshot:
         now = self.clock()
         try:
             urls = await self.discovery.resolve()
@@ -116,37 +159,100 @@ class FleetReader:
                 return snap
             log.info("gateway discovery failed, using the last replica list: %s", exc)
             urls = self._urls
-        views = await asyncio.gather(*(self._one(u, models) for u in urls))
+        self._replicas = {u: self._replicas.get(u) or _Replica(u) for u in urls}
+        views = await asyncio.gather(*(self._read(self._replicas[u], wanted) for u in urls))
         self._health, damped = damp(self._health, views, self.clock(), self.grace)
         snap = FleetSnapshot(damped, now)
         self.last = snap
         return snap
 
-    async def _one(self, url: str, models: Sequence[str] | None) -> GatewayView:
-        params = [("model", m) for m in models] if models else None
+    async def _read(self, r: _Replica, wanted: Sequence[str] | None) -> GatewayView:
         try:
-            async with self._sess().get(f"{url}/v1/configs/status", params=params) as resp:
+            if not r.complete:
+                wanted = None  # a replica never read in full: read it in full first
+            if r.kind is not ReplicaKind.PER_MODEL and not await self._read_bulk(r, wanted):
+                r.kind = ReplicaKind.PER_MODEL
+                log.info("gateway %s serves no bulk readiness: reading it model by model", r.url)
+            if r.kind is ReplicaKind.PER_MODEL:
+                await self._read_per_model(r, self.known if wanted is None else wanted)
+            if wanted is None:
+                r.complete = True
+        except _Unreachable as exc:
+            return GatewayView(r.url, r.gateway_id or r.url, False, str(exc))
+        return GatewayView(
+            r.url, r.gateway_id or r.url, True, config_epoch=r.config_epoch, models=dict(r.models)
+        )
+
+    async def _get(self, url: str, params: Any = None) -> tuple[int, Any]:
+        self.requests += 1
+        try:
+            async with self._sess().get(url, params=params) as resp:
                 if resp.status != 200:
-                    return GatewayView(url, url, False, f"{url}: HTTP {resp.status}")
-                data = await resp.json(content_type=None)
+                    return resp.status, None
+                return 200, await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            return GatewayView(url, url, False, f"{url}: {type(exc).__name__} {exc}".strip())
-        if not isinstance(data, dict):
-            return GatewayView(url, url, False, f"{url}: unexpected response")
-        entries = data.get("models") or []
+            raise _Unreachable(f"{url}: {type(exc).__name__} {exc}".strip()) from None
+
+    async def _read_bulk(self, r: _Replica, wanted: Sequence[str] | None) -> bool:
+        """False: the replica has no bulk endpoint."""
+        filtered = wanted is not None and len(wanted) <= self.max_filter
+        if wanted is not None and not wanted:
+            return True  # nothing to ask
+        params = [("model", m) for m in wanted] if filtered and wanted else None
+        status, data = await self._get(f"{r.url}/v1/configs/status", params)
+        if status in (404, 405) and r.kind is ReplicaKind.UNKNOWN:
+            return False
+        if status != 200 or not isinstance(data, dict):
+            raise _Unreachable(
+                f"{r.url}: HTTP {status}" if status != 200 else f"{r.url}: unexpected response"
+            )
         try:
-            config_epoch = int(data.get("config_epoch") or 0)
-            models_map = {
+            epoch = int(data.get("config_epoch") or 0)
+            got: dict[str, Mapping[str, Any]] = {
                 str(m.get("model_id", "")).lower(): m
-                for m in entries
+                for m in data.get("models") or []
                 if isinstance(m, dict) and m.get("model_id")
             }
         except (TypeError, ValueError, AttributeError) as exc:  # one odd replica must not stop the rest
-            return GatewayView(url, url, False, f"{url}: malformed readiness response ({exc})")
-        return GatewayView(
-            key=url,
-            gateway_id=str(data.get("gateway_id") or url),
-            reachable=True,
-            config_epoch=config_epoch,
-            models=models_map,
-        )
+            raise _Unreachable(f"{r.url}: malformed readiness response ({exc})") from None
+        r.kind = ReplicaKind.BULK
+        r.gateway_id = str(data.get("gateway_id") or r.url)
+        r.config_epoch = epoch
+        if filtered and wanted is not None:
+            for m in wanted:  # asked and not answered: the replica does not know it (any more)
+                r.models.pop(m.lower(), None)
+            r.models.update(got)
+        else:
+            r.models = got
+        return True
+
+    async def _read_per_model(self, r: _Replica, wanted: Sequence[str]) -> None:
+        sem = asyncio.Semaphore(self.per_model_concurrency)
+        failures: list[str] = []
+
+        async def one(model_id: str) -> None:
+            async with sem:
+                try:
+                    status, data = await self._get(
+                        f"{r.url}/v1/configs/models/{quote(model_id, safe='/')}/status"
+                    )
+                except _Unreachable as exc:
+                    failures.append(str(exc))
+                    return
+            key = model_id.lower()
+            if status == 404:
+                r.models.pop(key, None)
+            elif status == 200 and isinstance(data, dict):
+                r.models[key] = data
+                r.config_epoch = max(r.config_epoch, _epoch_of(data))
+            else:
+                failures.append(f"{r.url}: HTTP {status} for {model_id}")
+
+        await asyncio.gather(*(one(m) for m in wanted))
+        if failures and len(failures) == len(wanted):
+            raise _Unreachable(failures[0])
+
+
+def _epoch_of(snapshot: Mapping[str, Any]) -> int:
+    value = snapshot.get("config_epoch")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

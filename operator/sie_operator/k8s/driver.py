@@ -301,7 +301,8 @@ class Driver:
         writes shares one read). A read asks only for the models still converging; every
         slow interval it asks for all of them."""
         while not stop.is_set():
-            timeout = self.fast_interval if self.state.converging else self.slow_interval
+            busy = bool(self.state.converging) or self.fleet.degraded
+            timeout = self.fast_interval if busy else self.slow_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fleet_kick.wait(), timeout)
             self._fleet_kick.clear()
@@ -314,6 +315,8 @@ class Driver:
             if now - self._full_read_at >= self.slow_interval:
                 self._full_read_at = now  # every model, Ready ones too: a worker can go away
                 self.fleet.known = tuple(sorted({r.obj.sie_id for r in records.values() if r.obj.sie_id}))
+            elif not busy:
+                continue  # nothing converging, no replica failing, no full read due
             else:  # only what is still converging; the rest keeps its last answer
                 wanted = tuple(
                     sorted(

@@ -75,6 +75,7 @@ class _Replica:
     config_epoch: int = 0
     models: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # lower-case id -> snapshot
     complete: bool = False  # read in full at least once
+    ok: bool = False  # the last contact succeeded
 
 
 class _Unreachable(Exception):
@@ -167,9 +168,11 @@ class FleetReader:
         return snap
 
     async def _read(self, r: _Replica, wanted: Sequence[str] | None) -> GatewayView:
+        if wanted is not None and not wanted and r.complete and r.ok:
+            return self._view(r)  # nothing to ask a healthy replica
         try:
-            if not r.complete:
-                wanted = None  # a replica never read in full: read it in full first
+            if not r.complete or not r.ok:
+                wanted = None  # never read in full, or just back: read it in full
             if r.kind is not ReplicaKind.PER_MODEL and not await self._read_bulk(r, wanted):
                 r.kind = ReplicaKind.PER_MODEL
                 log.info("gateway %s serves no bulk readiness: reading it model by model", r.url)
@@ -178,10 +181,22 @@ class FleetReader:
             if wanted is None:
                 r.complete = True
         except _Unreachable as exc:
+            r.ok = False
             return GatewayView(r.url, r.gateway_id or r.url, False, str(exc))
+        r.ok = True
+        return self._view(r)
+
+    @staticmethod
+    def _view(r: _Replica) -> GatewayView:
         return GatewayView(
             r.url, r.gateway_id or r.url, True, config_epoch=r.config_epoch, models=dict(r.models)
         )
+
+    @property
+    def degraded(self) -> bool:
+        """Some replica failed its last read: read again soon, to report it (or its return)
+        once the grace period is over."""
+        return any(not r.ok for r in self._replicas.values()) or self._discovery_failing_since is not None
 
     async def _get(self, url: str, params: Any = None) -> tuple[int, Any]:
         self.requests += 1

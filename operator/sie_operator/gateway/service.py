@@ -2,8 +2,8 @@
 
 The HTTP port is bound before anything talks to the network, so probes answer at once;
 ``/readyz`` stays 503 until the mirror's first bootstrap and the first dial of every worker
-known by then (or ``DIAL_GRACE`` seconds, whichever comes first). Nothing in startup waits
-for the config service, NATS, workers or the Kubernetes API.
+known by then (or two worker connect timeouts, at least ``DIAL_GRACE``, whichever comes
+first). Nothing in startup waits for the config service, NATS, workers or the Kubernetes API.
 
 Shutdown (``drain`` then ``stop``): ``/readyz`` fails at once, requests and watch streams
 keep being served for ``drain_delay`` seconds (so Services and the operator stop using
@@ -36,7 +36,7 @@ from .workers import WorkerConnections
 
 log = logging.getLogger(__name__)
 
-DIAL_GRACE = 10.0  # seconds after start when readiness stops waiting for slow first dials
+DIAL_GRACE = 10.0  # at least; readiness stops waiting for slow first dials after 2 connect timeouts
 
 
 class _Observers(MirrorObserver):
@@ -77,7 +77,10 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.table = WorkerTable(heartbeat_timeout=settings.heartbeat_timeout)
         self.connections = WorkerConnections(
-            self.table, reconnect_interval=settings.reconnect_interval, sweep_interval=settings.sweep_interval
+            self.table,
+            reconnect_interval=settings.reconnect_interval,
+            sweep_interval=settings.sweep_interval,
+            connect_timeout=settings.connect_timeout,
         )
         self.feed: NatsFeed | None = None
         self.mirror: ConfigMirror | None = None
@@ -167,7 +170,9 @@ class Gateway:
         """Latched: once every known worker was dialled (or the grace ran out), stay so."""
         if not self._dialled:
             sources = {"static"} | ({"k8s"} if self.kube is not None else set())
-            self._dialled = self.connections.dialled(sources) or time.monotonic() - self._started > DIAL_GRACE
+            self._dialled = self.connections.dialled(sources) or time.monotonic() - self._started > max(
+                DIAL_GRACE, 2 * self.settings.connect_timeout
+            )
         return self._dialled
 
     async def drain(self) -> None:

@@ -78,6 +78,7 @@ class GatewaySettings:
     sweep_interval: float = 5.0
     reconnect_interval: float = 5.0
     backoff_max: float = 60.0
+    connect_timeout: float = 5.0
     watch_heartbeat: float = 5.0
     watch_coalesce: float = 0.05
     watch_settle: float = 1.0
@@ -132,6 +133,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--reconnect-interval", help="seconds before redialling a worker (SIE_GATEWAY_RECONNECT_INTERVAL, 5)"
+    )
+    p.add_argument(
+        "--worker-connect-timeout",
+        help="seconds for a worker's status socket to open (SIE_GATEWAY_WORKER_CONNECT_TIMEOUT, 5)",
     )
     p.add_argument("--bootstrap-backoff-max", help="max seconds between bootstrap retries (default 60)")
     p.add_argument(
@@ -207,6 +212,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
             ("sweep_interval", args.sweep_interval, "SIE_GATEWAY_SWEEP_INTERVAL", "5"),
             ("reconnect_interval", args.reconnect_interval, "SIE_GATEWAY_RECONNECT_INTERVAL", "5"),
             ("backoff_max", args.bootstrap_backoff_max, "SIE_GATEWAY_BOOTSTRAP_BACKOFF_MAX", "60"),
+            ("connect_timeout", args.worker_connect_timeout, "SIE_GATEWAY_WORKER_CONNECT_TIMEOUT", "5"),
             ("watch_heartbeat", args.watch_heartbeat, "SIE_GATEWAY_WATCH_HEARTBEAT", "5"),
             ("watch_coalesce", args.watch_coalesce, "SIE_GATEWAY_WATCH_COALESCE", "0.05"),
         )

@@ -384,10 +384,13 @@ class ReadinessFeed:
     def open(self, sub: Subscriber, resume: rs.ResumeToken | None) -> Opening:
         """The first records of a stream, consistent with every record pushed to it later.
 
-        Synchronous: flushes (forced) so that the emitted state equals the live one, then
-        reads the live state; ``sub`` receives every later flush.
+        Synchronous: flushes (forced, without ``sub``) so that the emitted state equals
+        the live one, then reads the live state; ``sub`` receives every later flush.
         """
+        self._subs.discard(sub)
         self.flush(force=True)
+        if not sub.closed:
+            self._subs.add(sub)
         reg = self.mirror.registry
         enc = self._encoder(reg)
         epoch = self.mirror.epoch

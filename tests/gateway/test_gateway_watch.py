@@ -20,7 +20,7 @@ from sie_operator.gateway.health import Frame, WorkerTable
 from sie_operator.gateway.metrics import GatewayMetrics
 from sie_operator.gateway.mirror import ConfigMirror
 from sie_operator.gateway.service import _Observers
-from sie_operator.gateway.watch import ReadinessFeed, Subscriber
+from sie_operator.gateway.watch import BundleOrder, ReadinessFeed, Subscriber
 from sie_operator.protocol import readiness_stream as rs
 
 
@@ -317,3 +317,18 @@ async def test_overflowing_subscriber_is_closed_and_told() -> None:
 def test_history_must_be_positive(history: int) -> None:
     with pytest.raises(ValueError):
         Rig(history=history)
+
+
+def test_bundle_order_ranges_skip_stale_entries_and_compact() -> None:
+    order = BundleOrder([("a", 1), ("b", 2), ("c", 3)])
+    assert sorted(order.between(1, 3)) == ["b", "c"] and sorted(order.between(-1, 1)) == ["a"]
+    order.set("a", 4)  # a changed again: its entry at 1 turns stale
+    assert sorted(order.between(-1, 3)) == ["b", "c"] and list(order.between(3, 9)) == ["a"]
+    order.set("a", 4)  # same level: nothing to do
+    assert len(order) == 3
+    for level in range(5, 200):
+        order.set("b", level)
+    assert list(order.between(150, 199)) == ["b"] and sorted(order) == ["a", "b", "c"]
+    assert len(order._levels) < 100  # compacted along the way
+    order.set("z", 0)  # out of order: still sorted
+    assert list(order.between(-1, 0)) == ["z"]

@@ -14,9 +14,9 @@ Every ``coalesce`` seconds (50 ms) a flush turns that into records. A touched bu
 re-levelled: each eligible worker's *level* (``readiness.worker_level``: the newest
 mutation whose bundle state its hash is known to hold) is recomputed, and for a worker
 whose level moved from ``a`` to ``b`` only the models whose last change lies in
-``(min, max]`` can have changed: they are found by walking the bundle's models from the
-newest change backwards (kept in change order), so a worker catching up with the last few
-writes costs those few models. A changed eligible set changes every model of the bundle.
+``(min, max]`` can have changed: they are found by bisecting the bundle's models sorted by
+last change (:class:`BundleOrder`), so a worker catching up with the last few writes costs
+those few models. A changed eligible set changes every model of the bundle.
 
 A dirty model is emitted only when its model-granular readiness (who holds the model and
 who does not, per bundle) differs from what was last emitted for it; a change that only
@@ -31,12 +31,13 @@ current state.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import os
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from sie_operator.catalog.registry import Registry
@@ -66,6 +67,58 @@ def new_stream_id() -> str:
 
 def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
+
+
+class BundleOrder:
+    """A bundle's models by level (last change), for "which models lie in (lo, hi]".
+
+    Sorted parallel lists with lazy deletion: a model that changes again is appended with
+    its new level (levels only grow, so appending keeps the order) and its old entry turns
+    stale; a query bisects and skips stale entries; the lists are compacted once stale
+    entries outnumber live ones. A query costs O(log n + entries in the range).
+    """
+
+    __slots__ = ("_ids", "_levels", "_stale", "current")
+
+    def __init__(self, items: Iterable[tuple[str, int]] = ()) -> None:
+        self.current: dict[str, int] = dict(items)
+        self._compact()
+
+    def _compact(self) -> None:
+        pairs = sorted((level, mid) for mid, level in self.current.items())
+        self._levels = [level for level, _ in pairs]
+        self._ids = [mid for _, mid in pairs]
+        self._stale = 0
+
+    def set(self, model_id: str, level: int) -> None:
+        if self.current.get(model_id) == level:
+            return
+        if model_id in self.current:
+            self._stale += 1
+        self.current[model_id] = level
+        if not self._levels or level >= self._levels[-1]:
+            self._levels.append(level)
+            self._ids.append(model_id)
+        else:  # not expected (levels grow), but keep the lists sorted regardless
+            pos = bisect.bisect_right(self._levels, level)
+            self._levels.insert(pos, level)
+            self._ids.insert(pos, model_id)
+        if self._stale > 64 and self._stale > len(self.current):
+            self._compact()
+
+    def between(self, lo: int, hi: int) -> Iterator[str]:
+        """Models whose level is in ``(lo, hi]``."""
+        levels, ids, current = self._levels, self._ids, self.current
+        for k in range(bisect.bisect_right(levels, lo), bisect.bisect_right(levels, hi)):
+            mid = ids[k]
+            if current.get(mid) == levels[k]:
+                yield mid
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.current)
+
+    def __len__(self) -> int:
+        return len(self.current)
 
 
 @dataclass(slots=True)
@@ -173,7 +226,7 @@ class ReadinessFeed:
         self.seq = 0
         self._log: deque[str] = deque(maxlen=history)
         self._state: dict[str, _Emitted] = {}
-        self._order: dict[str, OrderedDict[str, int]] = {}  # bundle -> model -> level, oldest first
+        self._order: dict[str, BundleOrder] = {}
         self._members: dict[str, tuple[tuple[str, str], ...]] = {}
         self._levels: dict[str, dict[str, int]] = {}
         self._dirty: set[str] = set()
@@ -196,9 +249,8 @@ class ReadinessFeed:
         for b in bundles:
             order = self._order.get(b)
             if order is None:
-                order = self._order[b] = OrderedDict()
-            order[model_id] = level
-            order.move_to_end(model_id)
+                order = self._order[b] = BundleOrder()
+            order.set(model_id, level)
             self._touched.add(b)
         self._schedule(self.coalesce)
 
@@ -270,7 +322,7 @@ class ReadinessFeed:
             level = readiness.model_level(seq_of(e.model_id))
             for b in e.bundles:
                 by_bundle.setdefault(b, []).append((level, e.model_id))
-        self._order = {b: OrderedDict((m, lv) for lv, m in sorted(items)) for b, items in by_bundle.items()}
+        self._order = {b: BundleOrder((m, lv) for lv, m in items) for b, items in by_bundle.items()}
 
     def _relevel(self, reg: Registry, bundle: str, cand: set[str] | None) -> None:
         """Recompute the levels of a bundle's eligible workers; mark the models that moved."""
@@ -299,12 +351,7 @@ class ReadinessFeed:
             if old is None or old == new:
                 continue
             lo, hi = (old, new) if old < new else (new, old)
-            for mid, level in reversed(order.items()):
-                if level > hi:
-                    continue
-                if level <= lo:
-                    break
-                cand.add(mid)
+            cand.update(order.between(lo, hi))
 
     def _encoder(self, reg: Registry) -> readiness.ModelEncoder:
         m = self.mirror

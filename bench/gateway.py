@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -59,11 +60,14 @@ def model_yaml(model_id: str) -> str:
 
 
 def port_block(n: int) -> int:
-    """A base port with ``n`` consecutive free ports."""
-    for _ in range(200):
-        base = free_port()
-        if base + n >= 65000:
-            continue
+    """A base port with ``n`` consecutive free ports, below the kernel's ephemeral range.
+
+    Blocks inside the ephemeral range (where ``free_port`` draws from) were taken by outgoing
+    connections of other processes between the check and the bind often enough to break runs.
+    """
+    rnd = random.Random()
+    for _ in range(500):
+        base = rnd.randrange(20000, 32000 - n)
         ok = True
         for p in range(base, base + n):
             with socket.socket() as s:

@@ -34,6 +34,7 @@ import asyncio
 import bisect
 import contextlib
 import hashlib
+import logging
 import os
 import time
 from collections import deque
@@ -46,6 +47,8 @@ from sie_operator.protocol import readiness_stream as rs
 from . import readiness
 from .health import WorkerTable
 from .mirror import ConfigMirror
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HISTORY = 65536
 DEFAULT_COALESCE = 0.05
@@ -275,8 +278,17 @@ class ReadinessFeed:
             if self._timer_at <= at:
                 return
             self._timer.cancel()
-        self._timer = loop.call_at(at, self.flush)
+        self._timer = loop.call_at(at, self._timed_flush)
         self._timer_at = at
+
+    def _timed_flush(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # a bug must not stop change detection for good: start over
+            log.exception("readiness feed flush failed; re-evaluating every model")
+            self._full = True
+            self._timer = None
+            self._schedule(1.0)
 
     @property
     def pending(self) -> bool:

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from gw_helpers import FakeService, fake_client, model_doc
 
+from sie_operator.catalog.registry import Registry
 from sie_operator.gateway import readiness
 from sie_operator.gateway.health import Frame, WorkerTable
 from sie_operator.gateway.metrics import GatewayMetrics
@@ -332,3 +333,29 @@ def test_bundle_order_ranges_skip_stale_entries_and_compact() -> None:
     assert len(order._levels) < 100  # compacted along the way
     order.set("z", 0)  # out of order: still sorted
     assert list(order.between(-1, 0)) == ["z"]
+
+
+async def test_a_bootstrap_that_drops_models_sends_removed_and_only_real_changes() -> None:
+    rig = Rig()
+    for i in range(5):
+        rig.svc.write(model_doc(f"b/m{i}"))
+    await rig.bootstrap()
+    for url in rig.urls:
+        rig.report(url, rig.expected())
+    rig.feed.flush()
+    sub, opening = await connect(rig)
+    d = rs.ReadinessStreamDecoder()
+    for chunk in opening.chunks:
+        d.feed(chunk)
+    assert len(d.models) == 5
+    await rig.bootstrap()  # same content again: nothing changed for anybody
+    assert rig.feed.flush() == 0
+    # the service lost two models (a restored backup, say): the next bootstrap drops them
+    rig.svc.registry = Registry(rig.svc.bundles)
+    for i in range(3):
+        rig.svc.registry.put(model_doc(f"b/m{i}"))
+    await rig.bootstrap()
+    rig.feed.flush()
+    await drain(sub, d)
+    assert set(d.models) == {"b/m0", "b/m1", "b/m2"}
+    assert_same(d, rig.live())

@@ -77,6 +77,7 @@ def test_decoder_snapshot_then_changes_keyed_by_lower_case_id() -> None:
         d.feed_line(line)
     assert d.synced and d.snapshots == 1 and d.resume_token == "s1.3" and d.gateway_id == "gw-0"
     assert d.heartbeat_seconds == 5.0 and d.config_epoch == 7 and d.last_reason == "initial"
+    assert d.idle_timeout(2) == 10.0
     assert set(d.models) == {"org/a", "org/b"} and d.get("ORG/A") == obj("Org/A", acked=False)
     u = d.feed_line(rs.encode_change("s1.4", enc(obj("Org/A", epoch=8))))
     assert u.kind == "change" and u.changed == {"org/a"} and not u.reset
@@ -122,6 +123,7 @@ def test_a_connection_lost_mid_snapshot_keeps_the_previous_state_and_token() -> 
 
 def test_heartbeat_without_token_before_the_first_snapshot() -> None:
     d = rs.ReadinessStreamDecoder()
+    assert d.idle_timeout() == 3 * rs.DEFAULT_HEARTBEAT_SECONDS
     assert d.feed_line(rs.encode_heartbeat(None, 0)).kind == "heartbeat"
     assert d.resume_token is None and d.query() == [("watch", "true")]
 

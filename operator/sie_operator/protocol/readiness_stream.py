@@ -306,6 +306,10 @@ class ReadinessStreamDecoder:
     def get(self, model_id: str) -> dict[str, Any] | None:
         return self.models.get(model_id.lower())
 
+    def idle_timeout(self, heartbeats: float = 3.0) -> float:
+        """Seconds without a line after which the connection should be taken for dead."""
+        return heartbeats * (self.heartbeat_seconds or DEFAULT_HEARTBEAT_SECONDS)
+
     # -- helpers -------------------------------------------------------------------------
     def _meta(self, rec: Mapping[str, Any]) -> None:
         gid = rec.get("gateway_id")

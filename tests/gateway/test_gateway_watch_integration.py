@@ -21,6 +21,7 @@ import pytest
 from gw_cluster import ADMIN, Cluster, http_json, http_status, metric_value, model_yaml, wait_for
 
 from sie_operator.devcluster.ports import free_port
+from sie_operator.devcluster.procs import ServerProcess, sie_operator_argv
 from sie_operator.protocol import readiness_stream as rs
 
 HEARTBEAT = 0.3
@@ -231,6 +232,10 @@ def test_bad_watch_parameters_are_400(cluster: Cluster) -> None:
             raise AssertionError(f"{query} was accepted")
     bulk = http_json(f"{cluster.gw()}/v1/configs/status?watch=false", token=ADMIN)
     assert "models" in bulk
+    head = urllib.request.Request(f"{cluster.gw()}/v1/configs/status?watch=true", method="HEAD")
+    with urllib.request.urlopen(head, timeout=5) as resp:  # answers and ends: no stream for HEAD
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith(rs.CONTENT_TYPE)
+        assert resp.read() == b""
 
 
 def test_requests_are_counted_by_route_template_and_status(cluster: Cluster) -> None:
@@ -312,3 +317,41 @@ async def test_sigterm_fails_readiness_keeps_serving_then_exits(cluster: Cluster
             await st.until(lambda r: False, "the end of the stream", limit=30)
     code = await asyncio.to_thread(proc.proc.wait, 30) if proc.proc else None
     assert code == 0
+
+
+async def test_no_snapshot_before_the_first_bootstrap(cluster: Cluster, tmp_path: Any) -> None:
+    """Only token-less heartbeats until the replica has a registry; then the snapshot."""
+    config_port = free_port()
+    gw_port = free_port()
+    gw = ServerProcess(
+        sie_operator_argv(
+            "gateway", "--host", "127.0.0.1", "--port", str(gw_port),
+            "--config-service-url", f"http://127.0.0.1:{config_port}", "--gateway-id", "early",
+            "--bootstrap-backoff-max", "0.3", *WATCH_FLAGS,
+        ),
+        name="gateway-early",
+        log_dir=tmp_path,
+    ).start()  # fmt: skip
+    config = None
+    try:
+        gw.wait_http(f"http://127.0.0.1:{gw_port}/healthz", 20)
+        assert http_status(f"http://127.0.0.1:{gw_port}/readyz") == 503
+        async with watch(f"http://127.0.0.1:{gw_port}", token=None) as st:
+            for _ in range(3):
+                rec = await st.next_record()
+                assert rec["type"] == rs.HEARTBEAT and rec["resume"] is None
+            assert st.decoder.resume_token is None and not st.decoder.synced
+            config = ServerProcess(
+                sie_operator_argv("config-api", "--host", "127.0.0.1", "--port", str(config_port)),
+                name="config-early",
+                log_dir=tmp_path,
+                env={"SIE_CONFIG_STORE_DIR": str(tmp_path / "store")},
+            ).start()
+            first = await st.until(lambda r: r["type"] != rs.HEARTBEAT, "the snapshot after the bootstrap")
+            assert first["type"] == rs.SNAPSHOT and first["count"] == 0
+            await st.synced()
+            assert st.decoder.synced and st.decoder.resume_token is not None
+    finally:
+        gw.stop(timeout=5)
+        if config is not None:
+            config.stop(timeout=5)

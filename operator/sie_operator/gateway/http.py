@@ -281,6 +281,8 @@ async def watch_status(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
     resp.content_type = rs.CONTENT_TYPE
     await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp  # headers only: a HEAD must not hold a stream open
     metrics = ctx.metrics
     transport = request.transport
     sub = None

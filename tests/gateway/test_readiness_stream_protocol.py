@@ -190,3 +190,10 @@ def test_protocol_module_imports_nothing_from_gateway_or_k8s() -> None:
     assert imported and not [
         m for m in imported if m.startswith(("sie_operator.gateway", "sie_operator.k8s"))
     ]
+
+
+def test_stream_content_type_tells_a_stream_from_a_bulk_body() -> None:
+    assert rs.is_stream_content_type("application/x-ndjson")
+    assert rs.is_stream_content_type("Application/X-NDJSON; charset=utf-8")
+    for other in ("application/json", "text/plain", "", None):
+        assert not rs.is_stream_content_type(other)

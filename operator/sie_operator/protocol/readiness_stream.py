@@ -81,6 +81,13 @@ class StreamError(ValueError):
     """A line that is not a valid record of this protocol."""
 
 
+def is_stream_content_type(content_type: str | None) -> bool:
+    """Whether a response to ``?watch=true`` is this stream. A gateway without it answers
+    otherwise: an older one of ours ignores ``watch`` and sends the bulk JSON body, SIE's
+    own gateway has no ``/v1/configs/status`` (404) -- read those the old way."""
+    return (content_type or "").split(";", 1)[0].strip().lower() == CONTENT_TYPE
+
+
 # -- resume tokens ---------------------------------------------------------------------------
 @dataclass(frozen=True, order=True)
 class ResumeToken:

@@ -34,12 +34,14 @@ class Clock:
 
 
 class Rig:
-    def __init__(self, *, settle: float = 0.0, history: int = 65536, workers: int = 4) -> None:
+    def __init__(
+        self, *, settle: float = 0.0, history: int = 65536, workers: int = 4, digests: int | None = None
+    ) -> None:
         self.svc = FakeService()
         self.clock = Clock()
         self.table = WorkerTable(clock=self.clock)
         self.observers = _Observers(GatewayMetrics())
-        self.mirror = ConfigMirror(fake_client(self.svc), observer=self.observers)
+        self.mirror = ConfigMirror(fake_client(self.svc), observer=self.observers, history=digests)
         self.feed = ReadinessFeed(
             self.mirror, self.table, "gw-t", settle=settle, history=history, clock=self.clock
         )
@@ -113,9 +115,12 @@ def assert_same(decoder: rs.ReadinessStreamDecoder, live: dict[str, dict[str, An
         assert granular(decoder.models[k]) == granular(m), k
 
 
-async def test_random_events_keep_every_client_equal_to_the_bulk_read() -> None:
-    rnd = random.Random(12)
-    rig = Rig(history=20000)
+@pytest.mark.parametrize("seed,digests", [(12, None), (7, 3), (99, 1)])
+async def test_random_events_keep_every_client_equal_to_the_bulk_read(seed: int, digests: int | None) -> None:
+    """``digests``: bundle digests the mirror remembers; tiny values make workers fall off
+    the history (their level drops to "never") without any event of their own."""
+    rnd = random.Random(seed)
+    rig = Rig(history=20000, digests=digests)
     for i in range(30):
         rig.svc.write(model_doc(f"seed/m{i:03d}"))
     await rig.bootstrap()

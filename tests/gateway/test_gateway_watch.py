@@ -163,6 +163,9 @@ async def test_random_events_keep_every_client_equal_to_the_bulk_read(seed: int,
             await rig.bootstrap()
         else:
             rig.report(url, rig.expected(), ready=False)
+        if rnd.random() < 0.3:  # the timer's early flushes in between, as time goes by
+            rig.feed.flush(early=True)
+            rig.clock.now += rnd.choice([0.0, 0.01, 0.06])
         if step % 7 == 0 or rnd.random() < 0.3:
             rig.feed.flush()
             await drain(sub, d)
@@ -363,4 +366,33 @@ async def test_a_bootstrap_that_drops_models_sends_removed_and_only_real_changes
     rig.feed.flush()
     await drain(sub, d)
     assert set(d.models) == {"b/m0", "b/m1", "b/m2"}
+    assert_same(d, rig.live())
+
+
+async def test_early_flushes_hold_a_fresh_write_until_it_is_acked_or_its_window_ends() -> None:
+    rig = Rig(settle=0.0)
+    await rig.bootstrap()
+    for url in rig.urls:
+        rig.report(url, rig.expected())
+    rig.feed.flush()
+    sub, opening = await connect(rig)
+    d = rs.ReadinessStreamDecoder()
+    for chunk in opening.chunks:
+        d.feed(chunk)
+    before = rig.feed.records_emitted
+    rig.write("e/quick")
+    assert rig.feed.flush(early=True) == 0  # pending, but its window is not over: held
+    for url in rig.urls[:3]:
+        rig.report(url, rig.expected())
+    assert rig.feed.flush(early=True) == 0  # still one worker to go
+    rig.report(rig.urls[3], rig.expected())
+    assert rig.feed.flush(early=True) == 1  # the last ack: out at once, and only this record
+    await drain(sub, d)
+    assert rig.feed.records_emitted - before == 1 and d.models["e/quick"]["model_acked"] is True
+    rig.write("e/slow")
+    assert rig.feed.flush(early=True) == 0
+    rig.clock.now += rig.feed.coalesce
+    assert rig.feed.flush(early=True) == 1  # its window is over: sent pending
+    await drain(sub, d)
+    assert d.models["e/slow"]["model_acked"] is False
     assert_same(d, rig.live())

@@ -297,6 +297,11 @@ class ModelEncoder:
         self.pieces(model_id, bundles, out)
         return b"".join(out)
 
+    def model_acked(self, model_id: str, bundles: Sequence[str]) -> bool:
+        """The model's ``model_acked`` (every bundle acked for it by a non-empty set)."""
+        s = self.seq(model_id)
+        return bool(bundles) and all(self._line(b, self.view(b).variant(s))[2] for b in bundles)
+
     def keys(self, model_id: str, bundles: Sequence[str]) -> tuple[bytes, bytes]:
         """(full, verdict) comparison keys of one model (see :meth:`BundleView.keys`)."""
         if not bundles:

@@ -10,7 +10,10 @@ readiness input changes mark what they touch:
 - a bootstrap swapped the registry (``registry_replaced``): everything is re-evaluated once
   (the bootstrap itself was O(catalog)).
 
-Every ``coalesce`` seconds (50 ms) a flush turns that into records. A touched bundle is
+A flush turns that into records: ``coalesce`` (50 ms) after a delta marked a model, or a
+few ms after a worker report (an ack that completes a model's verdict should not wait); a
+model a delta marked stays out of such an early flush until its 50 ms are over unless it is
+acked by then, so a write acked within the window costs one record. A touched bundle is
 re-levelled: each eligible worker's *level* (``readiness.worker_level``: the newest
 mutation whose bundle state its hash is known to hold) is recomputed, and for a worker
 whose level moved from ``a`` to ``b`` only the models whose last change lies in
@@ -232,7 +235,7 @@ class ReadinessFeed:
         self._order: dict[str, BundleOrder] = {}
         self._members: dict[str, tuple[tuple[str, str], ...]] = {}
         self._levels: dict[str, dict[str, int]] = {}
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, float] = {}  # model -> when a delta first marked it
         self._touched: set[str] = set()
         self._deferred: dict[str, float] = {}
         self._full = True
@@ -247,7 +250,7 @@ class ReadinessFeed:
 
     # -- hooks (O(1) each) ---------------------------------------------------------------
     def model_changed(self, model_id: str, bundles: Sequence[str]) -> None:
-        self._dirty.add(model_id)
+        self._dirty.setdefault(model_id, self.clock())
         level = readiness.model_level(self.mirror.model_seq(model_id))
         for b in bundles:
             order = self._order.get(b)
@@ -262,8 +265,11 @@ class ReadinessFeed:
         self._schedule(self.coalesce)
 
     def bundle_touched(self, bundle: str) -> None:
+        # A worker report is news for models already out there (an ack completing a
+        # verdict): flushed within a few ms. Models a delta just marked keep waiting for
+        # their own window unless they are acked by then (see ``flush(early=...)``).
         self._touched.add(bundle)
-        self._schedule(self.coalesce)
+        self._schedule(self.coalesce / 10)
 
     # -- flushing ------------------------------------------------------------------------
     def _schedule(self, delay: float) -> None:
@@ -283,7 +289,7 @@ class ReadinessFeed:
 
     def _timed_flush(self) -> None:
         try:
-            self.flush()
+            self.flush(early=True)
         except Exception:  # a bug must not stop change detection for good: start over
             log.exception("readiness feed flush failed; re-evaluating every model")
             self._full = True
@@ -294,11 +300,15 @@ class ReadinessFeed:
     def pending(self) -> bool:
         return bool(self._full or self._dirty or self._touched)
 
-    def flush(self, *, force: bool = False) -> int:
+    def flush(self, *, force: bool = False, early: bool = False) -> int:
         """Emit the records of everything marked since the last flush; returns how many.
 
         ``force``: also emit held-back (settling) changes now, so that afterwards what was
         emitted equals the live state for every model (a new stream's snapshot relies on it).
+        ``early`` (the timer's flushes): a model marked by a delta less than ``coalesce``
+        ago stays marked unless it is already acked everywhere, so a write whose acks
+        arrive within the window costs one record (acked), not two (pending, acked), and
+        that record goes out as soon as the last ack is reported.
         """
         if self._timer is not None:
             self._timer.cancel()
@@ -306,23 +316,42 @@ class ReadinessFeed:
             self._timer_at = float("inf")
         reg = self.mirror.registry
         now = self.clock()
-        cand, self._dirty = self._dirty, set()
+        cand: set[str] = set()
         touched, self._touched = self._touched, set()
         if self._full:
             self._full = False
             self._rebuild(reg)
             cand.update(e.model_id for e in reg)
             cand.update(self._state)
+            cand.update(self._dirty)
+            self._dirty.clear()
             for b in list(self._levels.keys() | {b.name for b in reg.bundles.bundles}):
                 self._relevel(reg, b, None)
         else:
             for b in touched:
                 self._relevel(reg, b, cand)
+            young: dict[str, float] = {}
+            if early and not force:
+                due = now - self.coalesce + 0.001  # timers may fire a hair early
+                young = {m: t for m, t in self._dirty.items() if t > due}
+            cand.update(self._dirty)
+            self._dirty = young
+            cand.difference_update(young)
         if self._deferred:
             for mid in [m for m, t in self._deferred.items() if force or t <= now]:
                 del self._deferred[mid]
                 cand.add(mid)
+        if self._dirty:
+            # A young model goes out early only if it is already acked everywhere.
+            enc = self._encoder(reg)
+            for mid in list(self._dirty):
+                entry = reg.get(mid)
+                if entry is not None and enc.model_acked(mid, entry.bundles):
+                    del self._dirty[mid]
+                    cand.add(mid)
         emitted = self._emit(reg, cand, now, force) if cand else 0
+        if self._dirty:
+            self._schedule(max(0.0, min(self._dirty.values()) + self.coalesce - now))
         if self._deferred:
             self._schedule(max(0.0, min(self._deferred.values()) - now))
         return emitted

@@ -145,7 +145,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--watch-coalesce",
-        help="seconds readiness changes are gathered before they are sent (SIE_GATEWAY_WATCH_COALESCE, 0.05)",
+        help="seconds a written model's record waits for its acks (SIE_GATEWAY_WATCH_COALESCE, 0.05)",
     )
     p.add_argument(
         "--watch-settle",

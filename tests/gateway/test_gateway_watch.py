@@ -396,3 +396,14 @@ async def test_early_flushes_hold_a_fresh_write_until_it_is_acked_or_its_window_
     await drain(sub, d)
     assert d.models["e/slow"]["model_acked"] is False
     assert_same(d, rig.live())
+
+
+async def test_closing_the_feed_ends_streams_and_refuses_new_ones() -> None:
+    rig = Rig()
+    await rig.bootstrap()
+    sub = rig.feed.subscribe()
+    rig.feed.open(sub, None)
+    rig.feed.close()
+    assert await sub.next(5) == b"" and rig.feed.subscribers == 0
+    late = rig.feed.subscribe()
+    assert late.closed and await late.next(5) == b"" and rig.feed.subscribers == 0

@@ -296,12 +296,13 @@ async def watch_status(request: web.Request) -> web.StreamResponse:
                     break
                 await asyncio.sleep(0.1)
         sub = feed.subscribe(models, on_overflow=transport.abort if transport is not None else None)
-        opening = feed.open(sub, token)
-        metrics.watch_opened.labels(start=opening.kind, reason=opening.reason or "").inc()
-        for chunk in opening.chunks:
-            await resp.write(chunk)
-            metrics.watch_bytes.inc(len(chunk))
-        metrics.watch_records.inc(opening.records)
+        if not sub.closed:  # closed: the gateway is stopping; just end the stream
+            opening = feed.open(sub, token)
+            metrics.watch_opened.labels(start=opening.kind, reason=opening.reason or "").inc()
+            for chunk in opening.chunks:
+                await resp.write(chunk)
+                metrics.watch_bytes.inc(len(chunk))
+            metrics.watch_records.inc(opening.records)
         while True:
             data = await sub.next(feed.heartbeat)
             if data is None:

@@ -462,7 +462,10 @@ class ReadinessFeed:
     ) -> Subscriber:
         wanted = frozenset(m.lower() for m in models) or None
         sub = Subscriber(wanted, self.max_buffer, on_overflow)
-        self._subs.add(sub)
+        if self.closed:
+            sub.close()
+        else:
+            self._subs.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:

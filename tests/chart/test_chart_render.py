@@ -329,6 +329,28 @@ def test_gateway_defaults() -> None:
     assert one(render({"gateway.replicas": 5}), "Deployment", GATEWAY)["spec"]["replicas"] == 5
 
 
+def test_gateway_drains_before_it_is_killed() -> None:
+    """SIGTERM starts an in-process drain (readiness fails, serving goes on); the kubelet's
+    grace period must outlast it, and a readiness failure must be seen within it."""
+    c = container(dep := one(rendered("default"), "Deployment", GATEWAY))
+    drain = int(flag(c, "drain-delay")[0])
+    assert drain == 10 and dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30
+    probe = c["readinessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] < drain
+    assert "lifecycle" not in c  # no preStop exec: the image needs no shell or sleep
+    custom = one(
+        render({"gateway.drainDelaySeconds": 20, "gateway.terminationGracePeriodSeconds": 45}),
+        "Deployment",
+        GATEWAY,
+    )
+    assert flag(container(custom), "drain-delay") == ["20"]
+    assert custom["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 45
+    res = helm(
+        "template", "x", str(CHART), "--set", "gateway.drainDelaySeconds=40", check=False
+    )  # fmt: skip
+    assert res.returncode != 0 and "terminationGracePeriodSeconds" in res.stderr
+
+
 @pytest.mark.parametrize("config", ["default", "workers", "tokens"])
 def test_nats_builtin(config: str) -> None:
     objs = rendered(config)

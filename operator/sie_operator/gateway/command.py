@@ -29,8 +29,15 @@ def run(args: argparse.Namespace) -> int:
         except KubeAuthError as exc:
             raise UsageError(str(exc)) from None
     gateway = Gateway(settings, auth)
+
+    async def stop() -> None:
+        try:
+            await gateway.drain()
+        finally:
+            await gateway.stop()
+
     try:
-        asyncio.run(serve_until_signalled(gateway.start, gateway.stop))
+        asyncio.run(serve_until_signalled(gateway.start, stop))
     except OSError as exc:
         raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     return 0

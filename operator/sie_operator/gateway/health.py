@@ -10,7 +10,8 @@ readiness.
 The table also keeps, per bundle, the Healthy workers sorted by name, rebuilt only when
 membership changes (health, bundle or name), so a readiness read costs
 O(bundles of the model x workers of those bundles) and frames that only carry a new hash
-cost O(1).
+cost O(1). A ``listener`` is told the bundle whenever what readiness reads of it changes
+(membership, or the hash a Healthy worker reports): the watch stream's change detection.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class WorkerTable:
 
     heartbeat_timeout: float = 15.0
     clock: Callable[[], float] = time.monotonic
+    listener: Callable[[str], None] | None = None
     _workers: dict[str, WorkerRecord] = field(default_factory=dict)
     _groups: dict[str, tuple[WorkerRecord, ...]] | None = None
 
@@ -101,7 +103,7 @@ class WorkerTable:
     def remove(self, url: str) -> None:
         rec = self._workers.pop(url, None)
         if rec is not None and rec.healthy:
-            self._invalidate()
+            self._invalidate(rec.bundle)
 
     def get(self, url: str) -> WorkerRecord | None:
         return self._workers.get(url)
@@ -122,6 +124,9 @@ class WorkerTable:
         membership = (rec.healthy or new_health is Health.HEALTHY) and (
             new_health is not rec.health or name != rec.name or bundle != rec.bundle
         )
+        touched: tuple[str, ...] = (rec.bundle, bundle) if membership else ()
+        if not membership and new_health is Health.HEALTHY and frame.bundle_config_hash != rec.config_hash:
+            touched = (bundle,)
         rec.health = new_health
         rec.name = name
         rec.bundle = bundle
@@ -134,7 +139,9 @@ class WorkerTable:
         rec.last_heartbeat = self.clock()
         rec.connected = True
         if membership:
-            self._invalidate()
+            self._groups = None
+        for b in touched:
+            self._notify(b)
 
     def disconnected(self, url: str) -> None:
         rec = self._workers.get(url)
@@ -144,7 +151,7 @@ class WorkerTable:
         rec.health = on_disconnect(rec.health)
         rec.connected = False
         if was_healthy:
-            self._invalidate()
+            self._invalidate(rec.bundle)
 
     def sweep(self) -> list[str]:
         """Demote Healthy workers whose last frame is too old; returns their URLs."""
@@ -157,8 +164,7 @@ class WorkerTable:
             if new is not rec.health:
                 rec.health = new
                 demoted.append(rec.url)
-        if demoted:
-            self._invalidate()
+                self._invalidate(rec.bundle)
         return demoted
 
     # -- readiness view --------------------------------------------------------------------
@@ -180,5 +186,10 @@ class WorkerTable:
             out[rec.health.value] += 1
         return out
 
-    def _invalidate(self) -> None:
+    def _invalidate(self, bundle: str) -> None:
         self._groups = None
+        self._notify(bundle)
+
+    def _notify(self, bundle: str) -> None:
+        if self.listener is not None:
+            self.listener(bundle)

@@ -2,11 +2,16 @@
 
 Handlers only read the mirror's current Registry (swapped atomically on re-bootstrap) and
 the worker table; nothing here blocks or mutates state. Every error is JSON
-``{"message": ...}``; no request can produce a traceback in a response.
+``{"message": ...}``; no request can produce a traceback in a response. Every request is
+counted by route template and status (``sie_gateway_http_requests_total``); the readiness
+watch stream (``?watch=true``, see ``watch`` and ``protocol.readiness_stream``) is one
+long request, counted when it ends and shown by the open-streams gauge while open.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,12 +24,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sie_operator.catalog.registry import ModelEntry
+from sie_operator.protocol import readiness_stream as rs
 
 from . import readiness
 from .auth import AuthPolicy
 from .health import WorkerTable
 from .metrics import GatewayMetrics
 from .mirror import ConfigMirror
+from .watch import ReadinessFeed
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,10 @@ class GatewayContext:
     auth: AuthPolicy
     gateway_id: str
     nats_connected: Callable[[], bool] = lambda: False
+    feed: ReadinessFeed | None = None
+    # readiness gates besides the bootstrap: the first worker dial round, and a drain
+    workers_dialled: Callable[[], bool] = lambda: True
+    draining: bool = False
 
 
 CTX = web.AppKey("ctx", GatewayContext)
@@ -66,6 +77,27 @@ def _message(status: int, message: str, **extra: Any) -> web.Response:
 
 
 # -- middlewares ---------------------------------------------------------------------------
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+@web.middleware
+async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: counts what the client got, including auth refusals and errors."""
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        path = resource.canonical if resource is not None else "unmatched"
+        method = request.method if request.method in _METHODS else "other"
+        request.app[CTX].metrics.http_requests.labels(method=method, path=path, status=str(status)).inc()
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -192,9 +224,21 @@ async def resolve(request: web.Request) -> web.Response:
     )
 
 
-async def bulk_status(request: web.Request) -> web.Response:
-    """Addition: every model's readiness (or ``?model=`` ones) in one response."""
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no", ""})
+
+
+async def bulk_status(request: web.Request) -> web.StreamResponse:
+    """Addition: every model's readiness (or ``?model=`` ones) in one response; with
+    ``?watch=true`` a stream of it (see :func:`watch_status`)."""
     ctx = request.app[CTX]
+    watch = request.query.get("watch")
+    if watch is not None:
+        flag = watch.strip().lower()
+        if flag in _TRUE:
+            return await watch_status(request)
+        if flag not in _FALSE:
+            return _message(400, f"watch={watch!r}: expected true or false")
     mirror = ctx.mirror
     reg = mirror.registry
     wanted = request.query.getall("model", [])
@@ -215,6 +259,75 @@ async def bulk_status(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+async def watch_status(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/configs/status?watch=true[&resume=<token>][&model=...]``: NDJSON records.
+
+    A snapshot (or, with a resume token still in the change history, only the models
+    changed since), then one record per readiness change and a heartbeat whenever nothing
+    was written for ``heartbeat`` seconds. Before the first bootstrap only heartbeats
+    without a token are sent: a snapshot of an empty registry would be a lie.
+    """
+    ctx = request.app[CTX]
+    feed = ctx.feed
+    if feed is None:
+        return _message(404, "This gateway does not offer the readiness watch stream")
+    token = None
+    resume = request.query.get("resume")
+    if resume is not None:
+        token = rs.parse_token(resume)
+        if token is None:
+            return _message(400, f"resume={resume[:80]!r} is not a resume token of this protocol")
+    models = request.query.getall("model", [])
+    resp = web.StreamResponse(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    resp.content_type = rs.CONTENT_TYPE
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp  # headers only: a HEAD must not hold a stream open
+    metrics = ctx.metrics
+    transport = request.transport
+    sub = None
+    metrics.watch_streams.inc()
+    try:
+        while not ctx.mirror.bootstrapped and not feed.closed:
+            await resp.write(rs.encode_heartbeat(None, ctx.mirror.epoch))
+            metrics.watch_heartbeats.inc()
+            for _ in range(max(1, int(feed.heartbeat / 0.1))):
+                if ctx.mirror.bootstrapped or feed.closed:
+                    break
+                await asyncio.sleep(0.1)
+        sub = feed.subscribe(models, on_overflow=transport.abort if transport is not None else None)
+        if not sub.closed:  # closed: the gateway is stopping; just end the stream
+            opening = feed.open(sub, token)
+            metrics.watch_opened.labels(start=opening.kind, reason=opening.reason or "").inc()
+            for chunk in opening.chunks:
+                await resp.write(chunk)
+                metrics.watch_bytes.inc(len(chunk))
+            metrics.watch_records.inc(opening.records)
+        while True:
+            data = await sub.next(feed.heartbeat)
+            if data is None:
+                data = feed.heartbeat_line()
+                metrics.watch_heartbeats.inc()
+            elif not data:
+                break  # closed: the gateway is stopping, or the client fell too far behind
+            else:
+                metrics.watch_records.inc(data.count(b"\n"))
+            await resp.write(data)
+            metrics.watch_bytes.inc(len(data))
+    except (ConnectionError, RuntimeError) as exc:  # the client went away
+        log.debug("watch stream ended: %s", exc)
+        return resp
+    finally:
+        if sub is not None:
+            feed.unsubscribe(sub)
+            if sub.overflowed:
+                metrics.watch_dropped.inc()
+        metrics.watch_streams.dec()
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await resp.write_eof()
+    return resp
+
+
 async def read_only(request: web.Request) -> web.Response:
     return _json(
         {"message": "Method Not Allowed: the gateway is read-only; write models to the config service"},
@@ -233,7 +346,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """503 until the first bootstrap (SIE answers 200 with an empty registry, W12)."""
+    """The readiness probe: 503 until the first bootstrap and the first worker dial round
+    are done (SIE answers 200 with an empty registry, W12), and again from the moment a
+    SIGTERM starts the drain (the replica keeps serving until the drain delay is over)."""
     ctx = request.app[CTX]
     body = {
         "healthy_workers": _healthy_workers(ctx),
@@ -241,8 +356,15 @@ async def readyz(request: web.Request) -> web.Response:
         "gateway_id": ctx.gateway_id,
         "nats_connected": ctx.nats_connected(),
     }
-    if not ctx.mirror.bootstrapped:
-        return _json({"status": "not_ready", "reason": "config not bootstrapped yet", **body}, 503)
+    reason = None
+    if ctx.draining:
+        reason = "draining: shutting down"
+    elif not ctx.mirror.bootstrapped:
+        reason = "config not bootstrapped yet"
+    elif not ctx.workers_dialled():
+        reason = "workers not dialled yet"
+    if reason is not None:
+        return _json({"status": "not_ready", "reason": reason, **body}, 503)
     return _json({"status": "ready", **body})
 
 
@@ -286,7 +408,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(ctx: GatewayContext) -> web.Application:
-    app = web.Application(middlewares=[_errors, _auth])
+    app = web.Application(middlewares=[_count, _errors, _auth])
     app[CTX] = ctx
     r = app.router
     r.add_get("/healthz", healthz)

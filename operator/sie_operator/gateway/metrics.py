@@ -51,6 +51,39 @@ class GatewayMetrics(MirrorObserver):
             registry=r,
         )
         self.models = Gauge("sie_gateway_config_models", "Models in this replica's registry", registry=r)
+        # requests and the readiness watch stream
+        self.http_requests = Counter(
+            "sie_gateway_http_requests",
+            "HTTP requests by method, route template and status (a watch stream counts when it ends)",
+            ["method", "path", "status"],
+            registry=r,
+        )
+        self.watch_streams = Gauge(
+            "sie_gateway_watch_streams", "Open readiness watch streams (?watch=true)", registry=r
+        )
+        self.watch_opened = Counter(
+            "sie_gateway_watch_streams_opened",
+            "Watch streams started, by how (snapshot or resumed) and why a snapshot was sent",
+            ["start", "reason"],
+            registry=r,
+        )
+        self.watch_records = Counter(
+            "sie_gateway_watch_records", "Records written to watch streams, heartbeats excluded", registry=r
+        )
+        self.watch_heartbeats = Counter(
+            "sie_gateway_watch_heartbeats", "Heartbeat records written to watch streams", registry=r
+        )
+        self.watch_bytes = Counter("sie_gateway_watch_bytes", "Bytes written to watch streams", registry=r)
+        self.watch_dropped = Counter(
+            "sie_gateway_watch_streams_dropped",
+            "Watch streams closed because the client did not read fast enough",
+            registry=r,
+        )
+        self.readiness_changes = Counter(
+            "sie_gateway_readiness_changes",
+            "Model readiness changes detected (one per change record, written or not)",
+            registry=r,
+        )
 
     # MirrorObserver
     def delta(self, kind: str, result: str) -> None:

@@ -283,6 +283,12 @@ class MirrorObserver:
     def epoch(self, value: int) -> None:
         pass
 
+    def model_changed(self, model_id: str, bundles: Sequence[str]) -> None:
+        """A delta changed one model (its bundles after the change): the watch stream's hook."""
+
+    def registry_replaced(self) -> None:
+        """A bootstrap swapped the whole registry in (anything may have changed)."""
+
 
 # -- the adapter ---------------------------------------------------------------------------
 class ConfigMirror:
@@ -426,6 +432,7 @@ class ConfigMirror:
         if plan.changed and (self.bundle is None or self.bundle in plan.bundles):
             self.registry.apply(plan, epoch=d.epoch)
             self._record(plan.model_id, plan.bundles)
+            self.observer.model_changed(plan.model_id, plan.bundles)
             self._changed()
         return "applied"
 
@@ -484,6 +491,7 @@ class ConfigMirror:
         self.failed_models = outcome.failed
         self.bootstrapped = True
         self.degraded = False
+        self.observer.registry_replaced()
         self.observer.bootstrapped(outcome)
         self.observer.epoch(self.epoch)
         if outcome.failed:

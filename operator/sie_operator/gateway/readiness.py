@@ -55,6 +55,22 @@ SeqOf = Callable[[str, str], "int | None"]
 ModelSeqOf = Callable[[str], "int | None"]
 
 
+def worker_level(bundle_id: str, expected: str, reported: str, seq_of: SeqOf | None) -> int:
+    """The newest mutation whose bundle state a worker reporting ``reported`` is known to hold.
+
+    A model whose last change is at or below the level is model-acked on that worker.
+    """
+    if expected and reported == expected:
+        return _ALWAYS
+    level = seq_of(bundle_id, reported) if seq_of is not None and reported else None
+    return level if level is not None else _NEVER
+
+
+def model_level(model_seq: int | None) -> int:
+    """A model's sequence number on the level scale (unknown: only the expected hash counts)."""
+    return _ALWAYS if model_seq is None else model_seq
+
+
 class BundleView:
     """One bundle as a readiness read sees it, computed once per read.
 
@@ -65,7 +81,7 @@ class BundleView:
     expected hash and every model gets variant 0 (nobody pending), built once.
     """
 
-    __slots__ = ("_levels", "_seqs", "_sie", "_variants", "bundle_id", "names")
+    __slots__ = ("_keys", "_levels", "_seqs", "_sie", "_variants", "bundle_id", "names")
 
     def __init__(
         self,
@@ -80,15 +96,10 @@ class BundleView:
         acked: list[str] = []
         pending: list[str] = []
         for w in workers:
-            name, reported = w.display_name, w.config_hash
+            name, level = w.display_name, worker_level(bundle_id, expected, w.config_hash, seq_of)
             names.append(name)
-            if expected and reported == expected:
-                acked.append(name)
-                seqs.append(_ALWAYS)
-                continue
-            pending.append(name)
-            level = seq_of(bundle_id, reported) if seq_of is not None and reported else None
-            seqs.append(level if level is not None else _NEVER)
+            (acked if level == _ALWAYS else pending).append(name)
+            seqs.append(level)
         self.names = names
         self._seqs = seqs
         self._levels = sorted(set(seqs))
@@ -101,6 +112,7 @@ class BundleView:
             "acked": bool(names) and not pending,
         }
         self._variants: dict[int, BundleEntry] = {}
+        self._keys: dict[int, tuple[bytes, bytes]] = {}
 
     def variant(self, model_seq: int | None) -> int:
         """Which model-pending set a model with this sequence number gets (0 = nobody)."""
@@ -130,6 +142,23 @@ class BundleView:
 
     def for_model(self, model_seq: int | None) -> BundleEntry:
         return self.entry(self.variant(model_seq))
+
+    def keys(self, variant: int) -> tuple[bytes, bytes]:
+        """What a watch stream compares for models of this ``variant`` (memoised).
+
+        ``full``: the model-granular facts (who holds the model, who does not);
+        ``verdict``: only the eligible set and whether the bundle is acked for the model.
+        Neither has the expected hash or SIE's bundle-granular lists: those move with
+        every write to the bundle and would make every model of it "change" (README).
+        """
+        found = self._keys.get(variant)
+        if found is None:
+            e = self.entry(variant)
+            found = self._keys[variant] = (
+                orjson.dumps([self.bundle_id, e["model_acked_workers"], e["model_pending_workers"]]),
+                orjson.dumps([self.bundle_id, self.names, e["model_acked"]]),
+            )
+        return found
 
 
 def bundle_entry(
@@ -196,6 +225,97 @@ def _no_seq(model_id: str) -> int | None:
     return None
 
 
+class ModelEncoder:
+    """Per-model objects of a readiness read, encoded directly (keys sorted).
+
+    Each distinct bundle line -- one per (bundle, model-pending set), in steady state one
+    per bundle -- is encoded once and spliced into every model that has it: with 10k
+    models and 50 workers per bundle this is ~20x cheaper than building and dumping dicts,
+    and per model it costs a bisect over the bundle's few distinct worker levels. The bulk
+    body and the watch stream use the same bytes, so clients parse one shape.
+    """
+
+    def __init__(
+        self,
+        config_epoch: int,
+        expected: Callable[[str], str],
+        eligible: Callable[[str], Sequence[EligibleWorker]],
+        model_seq: ModelSeqOf | None = None,
+        seq_of: SeqOf | None = None,
+    ) -> None:
+        self.view = BundleViews(expected, eligible, seq_of)
+        self.seq = model_seq or _no_seq
+        self._encoded: dict[tuple[str, int], tuple[bytes, bool, bool]] = {}
+        epoch = str(int(config_epoch)).encode()
+        self._head = {
+            True: b'{"all_bundles_acked":true,"bundles":[',
+            False: b'{"all_bundles_acked":false,"bundles":[',
+        }
+        self._mid = {
+            flag: b'],"config_epoch":'
+            + epoch
+            + b',"model_acked":'
+            + (b"true" if flag else b"false")
+            + b',"model_id":'
+            for flag in (True, False)
+        }
+        self._tail = {  # by "has bundles"
+            True: b',"no_bundles":false,"source":' + orjson.dumps(SOURCE) + b"}",
+            False: b',"no_bundles":true,"source":' + orjson.dumps(SOURCE) + b"}",
+        }
+
+    def _line(self, bundle: str, variant: int) -> tuple[bytes, bool, bool]:
+        key = (bundle, variant)
+        enc = self._encoded.get(key)
+        if enc is None:
+            e = self.view(bundle).entry(variant)
+            enc = self._encoded[key] = (
+                orjson.dumps(e, option=orjson.OPT_SORT_KEYS),
+                bool(e["acked"]),
+                bool(e["model_acked"]),
+            )
+        return enc
+
+    def pieces(self, model_id: str, bundles: Sequence[str], out: list[bytes]) -> None:
+        """Append the pieces of one model's object to ``out`` (joined later, copied once)."""
+        s = self.seq(model_id) if bundles else None
+        all_acked = model_acked = bool(bundles)
+        lines = []
+        for b in bundles:
+            enc = self._line(b, self.view(b).variant(s))
+            lines.append(enc[0])
+            all_acked = all_acked and enc[1]
+            model_acked = model_acked and enc[2]
+        out.append(self._head[all_acked])
+        out.append(lines[0] if len(lines) == 1 else b",".join(lines))
+        out.append(self._mid[model_acked])
+        out.append(orjson.dumps(model_id))
+        out.append(self._tail[bool(bundles)])
+
+    def encode(self, model_id: str, bundles: Sequence[str]) -> bytes:
+        out: list[bytes] = []
+        self.pieces(model_id, bundles, out)
+        return b"".join(out)
+
+    def model_acked(self, model_id: str, bundles: Sequence[str]) -> bool:
+        """The model's ``model_acked`` (every bundle acked for it by a non-empty set)."""
+        s = self.seq(model_id)
+        return bool(bundles) and all(self._line(b, self.view(b).variant(s))[2] for b in bundles)
+
+    def keys(self, model_id: str, bundles: Sequence[str]) -> tuple[bytes, bytes]:
+        """(full, verdict) comparison keys of one model (see :meth:`BundleView.keys`)."""
+        if not bundles:
+            return b"-", b"-"
+        s = self.seq(model_id)
+        full, verdict = [], []
+        for b in bundles:
+            v = self.view(b)
+            f, d = v.keys(v.variant(s))
+            full.append(f)
+            verdict.append(d)
+        return b"|".join(full), b"|".join(verdict)
+
+
 def bulk_snapshot_json(
     gateway_id: str,
     config_epoch: int,
@@ -205,58 +325,17 @@ def bulk_snapshot_json(
     model_seq: ModelSeqOf | None = None,
     seq_of: SeqOf | None = None,
 ) -> bytes:
-    """Same document as :func:`bulk_snapshot`, serialised directly (keys sorted).
-
-    Each distinct bundle line -- one per (bundle, model-pending set), in steady state one
-    per bundle -- is encoded once and spliced into every model that has it: with 10k
-    models and 50 workers per bundle this is ~20x cheaper than building and dumping dicts,
-    and per model it costs a bisect over the bundle's few distinct worker levels.
-    """
-    view = BundleViews(expected, eligible, seq_of)
-    seq = model_seq or _no_seq
-    encoded: dict[tuple[str, int], tuple[bytes, bool, bool]] = {}
+    """Same document as :func:`bulk_snapshot`, serialised directly (see :class:`ModelEncoder`)."""
+    enc = ModelEncoder(config_epoch, expected, eligible, model_seq, seq_of)
     epoch = str(int(config_epoch)).encode()
-    head = {True: b'{"all_bundles_acked":true,"bundles":[', False: b'{"all_bundles_acked":false,"bundles":['}
-    mid = {
-        flag: b'],"config_epoch":'
-        + epoch
-        + b',"model_acked":'
-        + (b"true" if flag else b"false")
-        + b',"model_id":'
-        for flag in (True, False)
-    }
-    tail = {  # by "has bundles"
-        True: b',"no_bundles":false,"source":' + orjson.dumps(SOURCE) + b"}",
-        False: b',"no_bundles":true,"source":' + orjson.dumps(SOURCE) + b"}",
-    }
     # One flat list of pieces joined once: every byte of the (large) body is copied once.
     out = [b'{"config_epoch":', epoch, b',"gateway_id":', orjson.dumps(gateway_id), b',"models":[']
-    sep = b""
+    first = True
     for model_id, bundles in models:
-        s = seq(model_id) if bundles else None
-        all_acked = model_acked = bool(bundles)
-        lines = []
-        for b in bundles:
-            v = view(b)
-            key = (b, v.variant(s))
-            enc = encoded.get(key)
-            if enc is None:
-                e = v.entry(key[1])
-                enc = encoded[key] = (
-                    orjson.dumps(e, option=orjson.OPT_SORT_KEYS),
-                    bool(e["acked"]),
-                    bool(e["model_acked"]),
-                )
-            lines.append(enc[0])
-            all_acked = all_acked and enc[1]
-            model_acked = model_acked and enc[2]
-        out.append(sep)
-        sep = b","
-        out.append(head[all_acked])
-        out.append(lines[0] if len(lines) == 1 else b",".join(lines))
-        out.append(mid[model_acked])
-        out.append(orjson.dumps(model_id))
-        out.append(tail[bool(bundles)])
+        if not first:
+            out.append(b",")
+        first = False
+        enc.pieces(model_id, bundles, out)
     out.append(b"]}")
     return b"".join(out)
 

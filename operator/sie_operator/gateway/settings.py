@@ -94,6 +94,12 @@ class GatewaySettings:
     sweep_interval: float = 5.0
     reconnect_interval: float = 5.0
     backoff_max: float = 60.0
+    connect_timeout: float = 5.0
+    watch_heartbeat: float = 5.0
+    watch_coalesce: float = 0.05
+    watch_settle: float = 1.0
+    watch_history: int = 65536
+    drain_delay: float = 0.0
     gateway_id: str = "gateway"
     auth: AuthPolicy = field(default_factory=AuthPolicy, repr=False)
 
@@ -154,7 +160,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reconnect-interval", help="seconds before redialling a worker (SIE_GATEWAY_RECONNECT_INTERVAL, 5)"
     )
+    p.add_argument(
+        "--worker-connect-timeout",
+        help="seconds for a worker's status socket to open (SIE_GATEWAY_WORKER_CONNECT_TIMEOUT, 5)",
+    )
     p.add_argument("--bootstrap-backoff-max", help="max seconds between bootstrap retries (default 60)")
+    p.add_argument(
+        "--watch-heartbeat",
+        help="seconds of silence before a watch stream gets a heartbeat (SIE_GATEWAY_WATCH_HEARTBEAT, 5)",
+    )
+    p.add_argument(
+        "--watch-coalesce",
+        help="seconds a written model's record waits for its acks (SIE_GATEWAY_WATCH_COALESCE, 0.05)",
+    )
+    p.add_argument(
+        "--watch-settle",
+        help="seconds a model's worker lists may wait while its verdict stays (SIE_GATEWAY_WATCH_SETTLE, 1)",
+    )
+    p.add_argument(
+        "--watch-history",
+        help="readiness changes remembered for resuming streams (SIE_GATEWAY_WATCH_HISTORY, 65536)",
+    )
+    p.add_argument(
+        "--drain-delay",
+        help="seconds to keep serving after SIGTERM with /readyz failing (SIE_GATEWAY_DRAIN_DELAY, 0)",
+    )
     p.add_argument(
         "--gateway-id", help="id reported by /v1/configs/status (SIE_GATEWAY_ID, POD_NAME, hostname)"
     )
@@ -211,8 +241,25 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
             ("sweep_interval", args.sweep_interval, "SIE_GATEWAY_SWEEP_INTERVAL", "5"),
             ("reconnect_interval", args.reconnect_interval, "SIE_GATEWAY_RECONNECT_INTERVAL", "5"),
             ("backoff_max", args.bootstrap_backoff_max, "SIE_GATEWAY_BOOTSTRAP_BACKOFF_MAX", "60"),
+            ("connect_timeout", args.worker_connect_timeout, "SIE_GATEWAY_WORKER_CONNECT_TIMEOUT", "5"),
+            ("watch_heartbeat", args.watch_heartbeat, "SIE_GATEWAY_WATCH_HEARTBEAT", "5"),
+            ("watch_coalesce", args.watch_coalesce, "SIE_GATEWAY_WATCH_COALESCE", "0.05"),
         )
     }
+    timers["watch_settle"] = parse_number(
+        pick(args.watch_settle, "SIE_GATEWAY_WATCH_SETTLE", "1"), "--watch-settle", minimum=0
+    )
+    timers["drain_delay"] = parse_number(
+        pick(args.drain_delay, "SIE_GATEWAY_DRAIN_DELAY", "0"), "--drain-delay", minimum=0
+    )
+    history = int(
+        parse_number(
+            pick(args.watch_history, "SIE_GATEWAY_WATCH_HISTORY", "65536"),
+            "--watch-history",
+            integer=True,
+            minimum=1,
+        )
+    )
     return GatewaySettings(
         config_url=check_http_url(config_url, "SIE_CONFIG_SERVICE_URL"),
         host=pick(args.host, "SIE_GATEWAY_HOST", "0.0.0.0") or "0.0.0.0",
@@ -234,5 +281,6 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         kubeconfig=pick(args.kubeconfig, "KUBECONFIG"),
         gateway_id=pick(args.gateway_id, "SIE_GATEWAY_ID") or default_instance_id(env),
         auth=auth,
+        watch_history=history,
         **timers,
     )

@@ -92,6 +92,7 @@ class WorkerConnections:
         self.connect_timeout = connect_timeout
         self._sources: dict[str, frozenset[str]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._undialled: set[str] = set()  # URLs whose first dial has not finished yet
         self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -110,16 +111,24 @@ class WorkerConnections:
         wanted = frozenset().union(*self._sources.values())
         for url in sorted(wanted - self._tasks.keys()):
             self.table.add(url)
+            self._undialled.add(url)
             self._tasks[url] = asyncio.create_task(self._run(url), name=f"worker-ws {url}")
             log.info("worker added: %s", redact_url(url))
         for url in sorted(self._tasks.keys() - wanted):
             self._tasks.pop(url).cancel()
+            self._undialled.discard(url)
             self.table.remove(url)
             log.info("worker removed: %s", redact_url(url))
 
     @property
     def urls(self) -> list[str]:
         return sorted(self._tasks)
+
+    def dialled(self, sources: frozenset[str] | set[str]) -> bool:
+        """Every one of ``sources`` has reported, and every URL known now was dialled once
+        (it sent its first frame, or the attempt failed): the gateway's readiness gate, so
+        a fresh replica does not answer "no workers" for workers it simply has not met."""
+        return sources <= self._sources.keys() and not self._undialled
 
     async def _run(self, url: str) -> None:
         ws_url = status_url(url)
@@ -138,6 +147,7 @@ class WorkerConnections:
                                 log.debug("bad status frame from %s: %s", redact_url(url), exc)
                                 continue
                             self.table.frame(url, frame)
+                            self._undialled.discard(url)
                         elif msg.type is aiohttp.WSMsgType.ERROR:
                             break
                 reason = "closed"
@@ -151,6 +161,7 @@ class WorkerConnections:
             else:
                 log.debug("worker %s not reachable (%s)", redact_url(url), redact_url(reason))
             self.table.disconnected(url)
+            self._undialled.discard(url)
             await asyncio.sleep(self.reconnect_interval)
 
     async def _sweep_loop(self) -> None:

@@ -5,6 +5,13 @@ status frame every 200 ms) and fixes its weakness W7: it bootstraps from the con
 service, follows ``_all`` to see every write's epoch, and catches up at once on a gap, so it
 never silently misses a model. A frame is also pushed as soon as the reported hash
 changes, so an ack does not wait for the next tick.
+
+Several instances of one process (``--instances K``, how benchmarks simulate many workers
+on few cores) share one mirror by default: they would receive the same deltas and build
+the same registry, and K copies of it re-hashing the same megabytes of bundle on every
+write made the simulation, not the system, the bottleneck (the bundle hash after a change
+re-hashes every byte after the changed model). Each instance keeps its own name, socket,
+ack delay and reported hash.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import logging
 import os
 import time
 import weakref
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -29,6 +37,49 @@ from .state import ReportedHash, status_frame
 log = logging.getLogger(__name__)
 
 
+def attach_mirror(mirror: ConfigMirror, bundle: str, feed: NatsFeed | None) -> None:
+    """The NATS side of a worker's mirror: its bundle's subject, ``_all``, reconnect checks."""
+    if feed is not None:
+        feed.subscribe(bundle_subject(bundle), mirror.on_message)
+        feed.subscribe(ALL_SUBJECT, mirror.on_message)
+        feed.add_listener(lambda up: mirror.request_check("nats_connected") if up else None)
+
+
+class SharedMirror:
+    """One config mirror for every instance of a process (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: ConfigServiceClient,
+        *,
+        bundle: str,
+        poll_interval: float = 30.0,
+        trusted: tuple[str, ...] | None = DEFAULT_TRUSTED_PRODUCERS,
+    ) -> None:
+        self.bundle = bundle
+        self.listeners: list[Callable[[], None]] = []
+        self.mirror = ConfigMirror(
+            client, bundle=bundle, trusted=trusted, poll_interval=poll_interval, on_change=self._changed
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
+
+    def attach(self, feed: NatsFeed | None) -> None:
+        attach_mirror(self.mirror, self.bundle, feed)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.mirror.run(), name="worker-mirror (shared)")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
 class WorkerInstance:
     def __init__(
         self,
@@ -40,18 +91,24 @@ class WorkerInstance:
         status_interval: float = 0.2,
         poll_interval: float = 30.0,
         trusted: tuple[str, ...] | None = DEFAULT_TRUSTED_PRODUCERS,
+        shared: SharedMirror | None = None,
     ) -> None:
         self.name = name
         self.bundle = bundle
         self.status_interval = status_interval
         self.reported = ReportedHash(ack_delay)
-        self.mirror = ConfigMirror(
-            client,
-            bundle=bundle,
-            trusted=trusted,
-            poll_interval=poll_interval,
-            on_change=self._on_config_change,
-        )
+        self.shared = shared
+        if shared is None:
+            self.mirror = ConfigMirror(
+                client,
+                bundle=bundle,
+                trusted=trusted,
+                poll_interval=poll_interval,
+                on_change=self.on_config_change,
+            )
+        else:
+            self.mirror = shared.mirror
+            shared.listeners.append(self.on_config_change)
         self.started = time.time()
         self.pid = os.getpid()
         self._waiters: set[asyncio.Event] = set()
@@ -67,15 +124,14 @@ class WorkerInstance:
         return self.mirror.bootstrapped
 
     def attach(self, feed: NatsFeed | None) -> None:
-        if feed is not None:
-            feed.subscribe(bundle_subject(self.bundle), self.mirror.on_message)
-            feed.subscribe(ALL_SUBJECT, self.mirror.on_message)
-            feed.add_listener(lambda up: self.mirror.request_check("nats_connected") if up else None)
+        if self.shared is None:
+            attach_mirror(self.mirror, self.bundle, feed)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.mirror.run(), name=f"worker-mirror {self.name}")
+        if self.shared is None:
+            self._task = asyncio.create_task(self.mirror.run(), name=f"worker-mirror {self.name}")
 
-    def _on_config_change(self) -> None:
+    def on_config_change(self) -> None:
         if not self.mirror.bootstrapped:
             return
         loaded = self.mirror.registry.bundle_hash(self.bundle)

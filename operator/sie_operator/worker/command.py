@@ -1,8 +1,9 @@
 """``sie-operator worker``: a reference worker that runs no models but speaks the protocol.
 
-``--instances K`` serves K independent workers (own config mirror, own port P..P+K-1,
-names ``<name>-0``..) from one process sharing one NATS connection; benchmarks use it to
-simulate many workers on few cores.
+``--instances K`` serves K workers (own port P..P+K-1, names ``<name>-0``.., own status
+socket and reported hash) from one process sharing one NATS connection and, unless
+``--independent-mirrors``, one config mirror; benchmarks use it to simulate many workers
+on few cores.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sie_operator.gateway.settings import (
     parse_number,
 )
 
-from .app import WorkerInstance
+from .app import SharedMirror, WorkerInstance
 from .state import check_bundle_name
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status-interval", default="0.2", help="seconds between status frames (default 0.2)")
     p.add_argument(
         "--instances", default="1", help="serve this many workers on consecutive ports (default 1)"
+    )
+    p.add_argument(
+        "--independent-mirrors",
+        action="store_true",
+        help="with --instances: give every instance its own config mirror (K times the hashing)",
     )
     p.add_argument(
         "--trusted-producers", help="comma list (SIE_NATS_CONFIG_TRUSTED_PRODUCERS, default sie-config)"
@@ -116,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
         client = ConfigServiceClient(session, config_url, admin_token=token)
         feed = NatsFeed(nats_url, name=f"sie-worker-{name}", auth=nats_auth) if nats_url else None
         holder["feed"] = feed
+        shared = None
+        if instances > 1 and not args.independent_mirrors:
+            shared = SharedMirror(
+                client, bundle=bundle, poll_interval=poll, trusted=None if trust_any else trusted
+            )
+            shared.attach(feed)
+            holder["shared"] = shared
         for i in range(instances):
             w = WorkerInstance(
                 name=name if instances == 1 else f"{name}-{i}",
@@ -125,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 status_interval=status_interval,
                 poll_interval=poll,
                 trusted=None if trust_any else trusted,
+                shared=shared,
             )
             w.attach(feed)
             runner = web.AppRunner(w.create_app(), access_log=None, handle_signals=False)
@@ -134,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
             workers.append(w)
         for w in workers:
             w.start()
+        if shared is not None:
+            shared.start()
         if feed is not None:
             feed.start()
         log.info(
@@ -144,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
     async def stop() -> None:
         for w in workers:
             await w.stop()
+        shared = holder.get("shared")
+        if isinstance(shared, SharedMirror):
+            await shared.stop()
         feed = holder.get("feed")
         if isinstance(feed, NatsFeed):
             await feed.close()

@@ -8,9 +8,9 @@ the point).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
-from argparse import Namespace
 
 import aiohttp
 import pytest
@@ -68,7 +68,9 @@ def test_settings_never_show_credentials() -> None:
 
 
 def test_a_bad_gateway_url_with_credentials_is_refused_without_echoing_them() -> None:
-    args = Namespace(**{a: None for a in _GATEWAY_FLAGS})
+    parser = argparse.ArgumentParser()
+    gateway_settings.add_arguments(parser)
+    args = parser.parse_args([])  # every flag unset: the environment decides
     env = {"SIE_CONFIG_SERVICE_URL": f"ftp://u:{PASSWORD}@cfg:1", "SIE_NATS_URL": "nats://127.0.0.1:4222"}
     with pytest.raises(gateway_settings.ConfigError) as err:
         gateway_settings.from_args(args, env)
@@ -81,31 +83,3 @@ def test_a_bad_gateway_url_with_credentials_is_refused_without_echoing_them() ->
         args, {"SIE_CONFIG_SERVICE_URL": "http://cfg:1", "SIE_EXPORT_TOKEN": PASSWORD}
     )
     assert PASSWORD not in repr(ok) and ok.export_token == PASSWORD
-
-
-_GATEWAY_FLAGS = [
-    "host",
-    "port",
-    "config_service_url",
-    "admin_token",
-    "export_token",
-    "nats_url",
-    "nats_creds",
-    "nats_tls_ca",
-    "nats_tls_cert",
-    "nats_tls_key",
-    "trusted_producers",
-    "trust_any_producer",
-    "worker",
-    "kubernetes",
-    "k8s_namespace",
-    "k8s_service",
-    "k8s_port",
-    "kubeconfig",
-    "poll_interval",
-    "heartbeat_timeout",
-    "sweep_interval",
-    "reconnect_interval",
-    "bootstrap_backoff_max",
-    "gateway_id",
-]

@@ -8,6 +8,7 @@ from them is the same as from our gateway alone.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -110,7 +111,7 @@ async def test_a_fleet_of_our_gateway_and_a_per_model_only_replica(
         snap = await reader.fetch()  # the first read of each replica is complete
         assert [v.reachable for v in snap.views] == [True, True]
         kinds = {r.url: r.kind for r in reader._replicas.values()}
-        assert kinds == {cluster.gw(): ReplicaKind.BULK, stand_url: ReplicaKind.PER_MODEL}
+        assert kinds == {cluster.gw(): ReplicaKind.STREAM, stand_url: ReplicaKind.PER_MODEL}
         assert sorted(set(stand.asked)) == ["fleet/a", "fleet/b", "fleet/c", "fleet/unknown"]
         for m in ("fleet/a", "fleet/b"):
             obs = snap.observations(m)
@@ -135,5 +136,31 @@ async def test_a_fleet_of_our_gateway_and_a_per_model_only_replica(
         snap = await reader.fetch(["fleet/b"])
         assert stand.asked == ["fleet/b"]
         assert all(o.snapshot is not None for o in snap.observations("fleet/a"))
+    finally:
+        await reader.close()
+
+
+async def test_our_gateway_pushes_changes_and_costs_no_requests_when_idle(cluster: Cluster) -> None:
+    news = asyncio.Event()
+    reader = FleetReader(GatewayDiscovery([cluster.gw()]))
+    reader.on_change = news.set
+    try:
+        await reader.fetch()
+        assert reader._replicas[cluster.gw()].kind is ReplicaKind.STREAM
+        asked = reader.requests
+        for _ in range(20):  # reads of a streamed replica ask the gateway nothing
+            await reader.fetch(["push/x"])
+        assert reader.requests == asked
+        news.clear()
+        cluster.post(model_yaml("push/x"))
+        async with asyncio.timeout(15):
+            while True:
+                await news.wait()
+                news.clear()
+                snap = await reader.fetch(["push/x"])
+                obs = snap.observations("push/x")[0]
+                if obs.snapshot is not None and acked(dict(obs.snapshot)):
+                    break
+        assert reader.requests == asked  # pushed over the open stream, no new request
     finally:
         await reader.close()

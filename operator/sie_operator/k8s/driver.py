@@ -108,6 +108,7 @@ class Driver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listed_once = False
         self._gauges_at = 0.0
+        fleet.on_change = self.kick  # a readiness stream brought news: read the fleet now
         self._full_read_at = -1e9
 
     # -- intake (kopf handlers) ----------------------------------------------------------

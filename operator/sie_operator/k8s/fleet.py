@@ -12,6 +12,7 @@ for as long.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -24,6 +25,7 @@ import aiohttp
 
 from ..kube.client import KubeClient
 from ..kube.endpointslices import service_urls
+from ..protocol.readiness_stream import ReadinessStreamDecoder, StreamError, is_stream_content_type
 from .fleetview import FleetSnapshot, GatewayView, ReplicaHealth, damp
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,8 @@ class GatewayDiscovery:
 
 class ReplicaKind(enum.Enum):
     UNKNOWN = "unknown"
-    BULK = "bulk"  # ours: GET /v1/configs/status (model= filter)
+    STREAM = "stream"  # ours: GET /v1/configs/status?watch=true, pushed changes
+    BULK = "bulk"  # ours without the stream: GET /v1/configs/status (model= filter)
     PER_MODEL = "per-model"  # SIE's Rust gateway: only GET /v1/configs/models/{id}/status
 
 
@@ -75,7 +78,11 @@ class _Replica:
     config_epoch: int = 0
     models: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # lower-case id -> snapshot
     complete: bool = False  # read in full at least once
-    ok: bool = False  # the last contact succeeded
+    ok: bool = False  # the last contact succeeded (a stream: connected and in sync)
+    error: str = ""
+    decoder: ReadinessStreamDecoder | None = None
+    task: asyncio.Task[None] | None = None
+    in_sync: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class _Unreachable(Exception):
@@ -121,11 +128,15 @@ class FleetReader:
         self._inflight: asyncio.Task[FleetSnapshot] | None = None
         self.known: tuple[str, ...] = ()  # every model the operator tracks (for full per-model reads)
         self.last: FleetSnapshot | None = None
-        self.requests = 0
+        self.requests = 0  # HTTP requests made (a stream counts once per connection)
+        self.stream_bytes = 0
+        self.on_change: Callable[[], None] | None = None  # a stream brought news
 
     async def close(self) -> None:
         if self._inflight is not None:
             self._inflight.cancel()
+        for r in self._replicas.values():
+            self._drop(r)
         if self._session is not None and self._own_session:
             await self._session.close()
 
@@ -160,6 +171,8 @@ class FleetReader:
                 return snap
             log.info("gateway discovery failed, using the last replica list: %s", exc)
             urls = self._urls
+        for gone in set(self._replicas) - set(urls):  # scaled down or no longer ready
+            self._drop(self._replicas[gone])
         self._replicas = {u: self._replicas.get(u) or _Replica(u) for u in urls}
         views = await asyncio.gather(*(self._read(self._replicas[u], wanted) for u in urls))
         self._health, damped = damp(self._health, views, self.clock(), self.grace)
@@ -168,6 +181,19 @@ class FleetReader:
         return snap
 
     async def _read(self, r: _Replica, wanted: Sequence[str] | None) -> GatewayView:
+        if r.kind is ReplicaKind.UNKNOWN:
+            try:
+                await self._probe(r)
+            except _Unreachable as exc:
+                r.ok = False
+                return GatewayView(r.url, r.gateway_id or r.url, False, str(exc))
+        if r.kind is ReplicaKind.STREAM:
+            # pushed: nothing to ask; the stream task keeps the decoder's state current
+            if r.decoder is None or not r.ok:
+                return GatewayView(
+                    r.url, r.gateway_id or r.url, False, r.error or f"{r.url}: stream not in sync"
+                )
+            return self._view(r)
         if wanted is not None and not wanted and r.complete and r.ok:
             return self._view(r)  # nothing to ask a healthy replica
         try:
@@ -188,9 +214,86 @@ class FleetReader:
 
     @staticmethod
     def _view(r: _Replica) -> GatewayView:
+        if r.decoder is not None:
+            d = r.decoder
+            return GatewayView(
+                r.url, d.gateway_id or r.url, True, config_epoch=d.config_epoch or 0, models=dict(d.models)
+            )
         return GatewayView(
             r.url, r.gateway_id or r.url, True, config_epoch=r.config_epoch, models=dict(r.models)
         )
+
+    async def _probe(self, r: _Replica) -> None:
+        """Which way this replica is read: its answer to ``?watch=true`` tells."""
+        self.requests += 1
+        url = f"{r.url}/v1/configs/status"
+        try:
+            async with self._sess().get(url, params=[("watch", "true")]) as resp:
+                if resp.status in (404, 405):
+                    r.kind = ReplicaKind.PER_MODEL
+                    log.info("gateway %s serves no bulk readiness: reading it model by model", r.url)
+                    return
+                if resp.status != 200:
+                    raise _Unreachable(f"{r.url}: HTTP {resp.status}")
+                streams = is_stream_content_type(resp.headers.get("Content-Type"))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _Unreachable(f"{url}: {type(exc).__name__} {exc}".strip()) from None
+        if not streams:
+            r.kind = ReplicaKind.BULK  # an older gateway of ours: it ignored ``watch``
+            return
+        r.kind = ReplicaKind.STREAM
+        r.decoder = ReadinessStreamDecoder()
+        r.task = asyncio.create_task(self._follow(r), name=f"readiness-stream {r.url}")
+        # a bounded wait for the first snapshot, so this first read is complete
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(r.in_sync.wait(), self.timeout)
+
+    async def _follow(self, r: _Replica) -> None:
+        """Hold one replica's readiness stream: resume after a drop, tell the driver of changes."""
+        dec = r.decoder
+        assert dec is not None
+        delay = 0.5
+        while True:
+            try:
+                timeout = aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.timeout, sock_read=dec.idle_timeout()
+                )
+                self.requests += 1
+                async with self._sess().get(
+                    f"{r.url}/v1/configs/status", params=dec.query(), timeout=timeout
+                ) as resp:
+                    if resp.status != 200 or not is_stream_content_type(resp.headers.get("Content-Type")):
+                        raise _Unreachable(f"{r.url}: HTTP {resp.status} to the readiness stream")
+                    async for chunk in resp.content.iter_any():
+                        self.stream_bytes += len(chunk)
+                        updates = dec.feed(chunk)
+                        if dec.synced and not r.ok:
+                            r.ok, r.error, delay = True, "", 0.5
+                            r.in_sync.set()
+                            self._changed()
+                        elif any(u.changed for u in updates):
+                            self._changed()
+                raise _Unreachable(f"{r.url}: the readiness stream ended")
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, aiohttp.ClientError, StreamError, _Unreachable, ValueError) as exc:
+                text = str(exc) if isinstance(exc, _Unreachable) else f"{r.url}: {type(exc).__name__} {exc}"
+                log.info("readiness stream of %s lost (retry in %.1f s): %s", r.url, delay, text)
+                dec.connection_lost()
+                r.ok, r.error = False, text.strip()
+                self._changed()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    @staticmethod
+    def _drop(r: _Replica) -> None:
+        if r.task is not None:
+            r.task.cancel()
+            r.task = None
 
     @property
     def degraded(self) -> bool:

@@ -104,6 +104,48 @@ async def bulk(kube: KubeClient, n: int) -> tuple[float, float]:
         await asyncio.sleep(0.5)
 
 
+def metrics_text(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:
+        return str(resp.read().decode())
+
+
+def metric_sum(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def applied(cp: ControlPlane, n: int, work: Path) -> tuple[float, float]:
+    """One server-side apply of one file with ``n`` ModelConfigs; then seconds from the end of
+    the apply until the operator reports nothing converging (confirmed by one listing)."""
+    import json
+
+    path = work / "bulk.json"
+    items = [manifest(i, "apply") for i in range(n)]
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    t0 = time.perf_counter()
+    cp.kubectl("apply", "--server-side", "-n", NS, "-f", str(path))
+    return t0, time.perf_counter()
+
+
+def all_ready_after(cp: ControlPlane, config_url: str, n: int, since: float) -> float:
+    import json
+
+    while True:
+        text = metrics_text(config_url)
+        if metric_sum(text, "sie_operator_tracked_resources") >= n and not metric_sum(
+            text, "sie_operator_converging_resources"
+        ):
+            items = json.loads(cp.kubectl("get", "mcfg", "-n", NS, "-o", "json").stdout)["items"]
+            if sum(1 for o in items if is_ready(o)) >= n:
+                return time.perf_counter() - since
+        if time.perf_counter() - since > 900:
+            raise TimeoutError("not all Ready after 900 s")
+        time.sleep(0.2)
+
+
 def reconcile_counters(config_url: str) -> list[str]:
     """The operator's own account of the run: patches, Events, writes by outcome."""
     with urllib.request.urlopen(f"{config_url}/metrics", timeout=10) as resp:
@@ -141,15 +183,65 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--single", type=int, default=40)
     ap.add_argument("--bulk", type=int, default=1000)
+    ap.add_argument(
+        "--apply", type=int, default=0, help="N ModelConfigs in one `kubectl apply --server-side` of one file"
+    )
+    ap.add_argument("--gateways", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=3, help="workers of bundle default (plus one sglang)")
     args = ap.parse_args()
     with ControlPlane() as cp:
         cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "modelconfig.yaml"))
         cp.kubectl("wait", "--for=condition=Established", "crd/modelconfigs.sie.dev", "--timeout=30s")
         cp.kubectl("create", "namespace", NS)
         work = Path(tempfile.mkdtemp(prefix="sie-bench-op-"))
-        cfg = StackConfig(kubeconfig=str(cp.kubeconfig), namespaces=[NS])
+        workers = [(f"worker-{i}", "default") for i in range(args.workers - 1)] + [("worker-s", "sglang")]
+        cfg = StackConfig(
+            kubeconfig=str(cp.kubeconfig), namespaces=[NS], gateways=args.gateways, workers=workers
+        )
         with Stack(cfg, work) as stack:
-            asyncio.run(main_async(args, cp, stack))
+            if args.single or args.bulk:
+                asyncio.run(main_async(args, cp, stack))
+            if args.apply:
+                apply_run(args.apply, cp, stack, work)
+    return 0
+
+
+def apply_run(n: int, cp: ControlPlane, stack: Stack, work: Path) -> None:
+    before = [metric_sum(metrics_text(u), "sie_gateway_http_requests_total") for u in stack.gateway_urls]
+    t0, t1 = applied(cp, n, work)
+    ready = all_ready_after(cp, stack.config_url, n, t1)
+    print(
+        f"{n} ModelConfigs in one server-side apply: apply took {t1 - t0:.1f} s; "
+        f"all Ready {ready:.1f} s after it"
+    )
+    assert stack.control is not None and stack.control.proc is not None
+    print(f"  peak RSS: operator {peak_rss_mib(stack.control.proc.pid):.0f} MiB", end="")
+    for g in stack.gateways:
+        assert g.proc is not None
+        print(f", gateway {peak_rss_mib(g.proc.pid):.0f} MiB", end="")
+    print()
+    for u, b in zip(stack.gateway_urls, before, strict=True):
+        text = metrics_text(u)
+        with urllib.request.urlopen(f"{u}/v1/configs/status", timeout=60) as resp:
+            snapshot = len(resp.read())
+        streamed = metric_sum(text, "sie_gateway_watch_bytes_total")
+        print(
+            f"  {u}: {metric_sum(text, 'sie_gateway_http_requests_total') - b:.0f} requests during the run, "
+            f"stream bytes {streamed / 1e6:.1f} MB = {streamed / max(snapshot, 1):.2f}x one full snapshot "
+            f"({snapshot / 1e6:.1f} MB)"
+        )
+    counts = [metric_sum(metrics_text(u), "sie_gateway_http_requests_total") for u in stack.gateway_urls]
+    time.sleep(30)
+    after = [metric_sum(metrics_text(u), "sie_gateway_http_requests_total") for u in stack.gateway_urls]
+    # the first /metrics read is itself counted (once it has answered): subtract it
+    steady = [(a - c - 1) / 30 for a, c in zip(after, counts, strict=True)]
+    print(
+        "  steady state (all Ready), requests/s from the operator per replica: "
+        + ", ".join(f"{x:.2f}" for x in steady)
+    )
+    print("  operator reconcile counters:")
+    for line in reconcile_counters(stack.config_url):
+        print(f"    {line}")
     return 0
 
 

@@ -183,6 +183,7 @@ def test_unnamed_worker_is_listed_by_url() -> None:
 class W:
     display_name: str
     config_hash: str
+    previous_hashes: tuple[str, ...] = ()
 
 
 def test_bundle_entry_acked_and_pending() -> None:
@@ -487,3 +488,29 @@ def test_bundle_name_rule() -> None:
     for bad in ("", "a.b", "a b", "*", ">"):
         with pytest.raises(ValueError):
             check_bundle_name(bad)
+
+
+def test_a_worker_ahead_of_the_replica_keeps_the_level_it_was_known_to_hold() -> None:
+    """A burst of writes: the worker applies a delta before this replica does. Its new hash is
+    unknown here, but it held "h2" (mutation 2) before, and workers only move forward."""
+    seqs = {("default", "h1"): 1, ("default", "h2"): 2}
+
+    def seq_of(bundle: str, digest: str) -> int | None:
+        return seqs.get((bundle, digest))
+
+    assert readiness.worker_level("default", "h2", "h3", seq_of, ("h2", "h1")) == 2
+    assert readiness.worker_level("default", "h2", "h3", seq_of, ()) == readiness.worker_level(
+        "default", "h2", "zz", seq_of
+    )  # nothing known: no model counts as acked on it
+    assert readiness.worker_level("default", "h2", "h1", seq_of, ("h0",)) == 1  # its own known hash wins
+
+
+def test_the_worker_table_remembers_the_hashes_a_worker_reported() -> None:
+    table = WorkerTable(heartbeat_timeout=10)
+    table.add("u")
+    for digest in ("a", "b", "c"):
+        table.frame("u", Frame(name="w", ready=True, bundle="default", bundle_config_hash=digest))
+    rec = table.get("u")
+    assert rec is not None and rec.config_hash == "c" and rec.previous_hashes == ("b", "a")
+    table.frame("u", Frame(name="w", ready=True, bundle="other", bundle_config_hash="x"))
+    assert rec.previous_hashes == ()  # another bundle: nothing of the old one carries over

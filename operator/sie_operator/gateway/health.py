@@ -58,6 +58,9 @@ class Frame:
     loaded_models: tuple[str, ...] = ()
 
 
+PREVIOUS_HASHES = 16
+
+
 @dataclass
 class WorkerRecord:
     url: str
@@ -65,6 +68,9 @@ class WorkerRecord:
     name: str = ""
     bundle: str = "default"
     config_hash: str = ""
+    # hashes reported before this one, newest first (bounded): a worker only moves forward,
+    # so they bound what it holds while the replica has not caught up to its current hash
+    previous_hashes: tuple[str, ...] = ()
     ready: bool = False
     machine_profile: str = ""
     pool_name: str = ""
@@ -127,6 +133,10 @@ class WorkerTable:
         touched: tuple[str, ...] = (rec.bundle, bundle) if membership else ()
         if not membership and new_health is Health.HEALTHY and frame.bundle_config_hash != rec.config_hash:
             touched = (bundle,)
+        if bundle != rec.bundle:
+            rec.previous_hashes = ()
+        elif frame.bundle_config_hash != rec.config_hash and rec.config_hash:
+            rec.previous_hashes = (rec.config_hash, *rec.previous_hashes)[:PREVIOUS_HASHES]
         rec.health = new_health
         rec.name = name
         rec.bundle = bundle
@@ -150,6 +160,7 @@ class WorkerTable:
         was_healthy = rec.healthy
         rec.health = on_disconnect(rec.health)
         rec.connected = False
+        rec.previous_hashes = ()  # a new connection may be a restarted worker: nothing carries over
         if was_healthy:
             self._invalidate(rec.bundle)
 

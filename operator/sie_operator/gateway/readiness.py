@@ -46,6 +46,9 @@ class EligibleWorker(Protocol):
     @property
     def config_hash(self) -> str: ...
 
+    @property
+    def previous_hashes(self) -> tuple[str, ...]: ...
+
 
 BundleEntry = dict[str, Any]
 ModelSnapshot = dict[str, Any]
@@ -55,7 +58,9 @@ SeqOf = Callable[[str, str], "int | None"]
 ModelSeqOf = Callable[[str], "int | None"]
 
 
-def worker_level(bundle_id: str, expected: str, reported: str, seq_of: SeqOf | None) -> int:
+def worker_level(
+    bundle_id: str, expected: str, reported: str, seq_of: SeqOf | None, previous: tuple[str, ...] = ()
+) -> int:
     """The newest mutation whose bundle state a worker reporting ``reported`` is known to hold.
 
     A model whose last change is at or below the level is model-acked on that worker.
@@ -63,6 +68,13 @@ def worker_level(bundle_id: str, expected: str, reported: str, seq_of: SeqOf | N
     if expected and reported == expected:
         return _ALWAYS
     level = seq_of(bundle_id, reported) if seq_of is not None and reported else None
+    if level is None and seq_of is not None:
+        # A hash this replica does not know yet is usually one it has not caught up to (the
+        # worker applied a delta first). Workers only move forward (the registry is
+        # append-only), so the newest state it is known to have held still stands: a burst
+        # of writes must not make every acked model of the bundle look pending.
+        known = [seq for h in previous if h and (seq := seq_of(bundle_id, h)) is not None]
+        level = max(known) if known else None
     return level if level is not None else _NEVER
 
 
@@ -96,7 +108,8 @@ class BundleView:
         acked: list[str] = []
         pending: list[str] = []
         for w in workers:
-            name, level = w.display_name, worker_level(bundle_id, expected, w.config_hash, seq_of)
+            name = w.display_name
+            level = worker_level(bundle_id, expected, w.config_hash, seq_of, w.previous_hashes)
             names.append(name)
             (acked if level == _ALWAYS else pending).append(name)
             seqs.append(level)

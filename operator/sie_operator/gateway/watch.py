@@ -371,7 +371,10 @@ class ReadinessFeed:
         members = tuple((w.display_name, w.url) for w in workers)
         expected = reg.bundle_hash(bundle)
         seq_of = self.mirror.hash_seq
-        levels = {w.url: readiness.worker_level(bundle, expected, w.config_hash, seq_of) for w in workers}
+        levels = {
+            w.url: readiness.worker_level(bundle, expected, w.config_hash, seq_of, w.previous_hashes)
+            for w in workers
+        }
         old_members = self._members.get(bundle)
         old_levels = self._levels.get(bundle, {})
         if members:

@@ -118,7 +118,10 @@ class EndpointSliceWatcher:
                 delay = min(delay * 1.5, self.backoff_max)
 
     async def _list(self) -> str:
-        items, rv = await self.kube.list_endpoint_slices(self.namespace, self.service)
+        try:
+            items, rv = await self.kube.list_endpoint_slices(self.namespace, self.service)
+        except KubeError as exc:
+            raise ValueError(f"list EndpointSlices: HTTP {exc.status} {exc.message}") from None
         self._slices = {
             item["metadata"]["name"]: self._urls(item)
             for item in items
@@ -144,7 +147,7 @@ class EndpointSliceWatcher:
         except KubeError as exc:
             if exc.status == 410:
                 raise WatchExpired from None
-            raise
+            raise ValueError(f"watch EndpointSlices: HTTP {exc.status} {exc.message}") from None
         return rv
 
     def _handle(self, event: Any, rv: str) -> str:

@@ -15,9 +15,9 @@ import argparse
 import time
 from typing import Any
 
-from sie_operator.k8s.fleetview import FleetSnapshot, GatewayView, ReplicaHealth, damp
-from sie_operator.k8s.objects import ObjectRef, ObjectSnapshot
-from sie_operator.k8s.reconcile import (
+from sie_operator.controller.fleetview import FleetSnapshot, GatewayView, ReplicaHealth, damp
+from sie_operator.controller.objects import ObjectRef, ObjectSnapshot
+from sie_operator.controller.reconcile import (
     CoreConfig,
     Effect,
     FleetSeen,
@@ -31,7 +31,7 @@ from sie_operator.k8s.reconcile import (
     WriteDone,
     step,
 )
-from sie_operator.k8s.status import StoreOutcome
+from sie_operator.controller.status import StoreOutcome
 
 CFG = CoreConfig()
 

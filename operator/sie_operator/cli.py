@@ -17,16 +17,16 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("sie_operator.k8s.command", "run the operator (kopf + embedded config service)"),
+    "run": ("sie_operator.controller.command", "run the operator (kopf + embedded config service)"),
     "config-api": ("sie_operator.configsvc.command", "run the config service without Kubernetes"),
     "gateway": ("sie_operator.gateway.command", "run the companion readiness gateway"),
     "worker": ("sie_operator.worker.command", "run a reference worker (no models, real protocol)"),
     "demo": ("sie_operator.demo.command", "run the whole loop locally and show models reaching Ready"),
     "convert": (
-        "sie_operator.k8s.convert_command",
+        "sie_operator.controller.convert_command",
         "convert SIE model YAML to ModelConfig manifests and back",
     ),
-    "crd": ("sie_operator.k8s.crd_command", "print the ModelConfig CRD"),
+    "crd": ("sie_operator.controller.crd_command", "print the ModelConfig CRD"),
     "controlplane": (
         "sie_operator.devcluster.command",
         "run a local kube-apiserver + etcd for dev and tests",

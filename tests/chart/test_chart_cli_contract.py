@@ -60,7 +60,7 @@ def parse(c: Obj) -> tuple[argparse.Namespace, dict[str, str]]:
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_operator_command_line_and_env(config: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sie_operator.k8s.command import _resolve
+    from sie_operator.controller.command import _resolve
 
     objs = render(CONFIGS[config])
     ns, environ = parse(container(one(objs, "Deployment", FULLNAME)))

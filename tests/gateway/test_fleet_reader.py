@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 from gw_cluster import Cluster, acked, model_yaml
 
-from sie_operator.k8s.fleet import FleetReader, GatewayDiscovery, ReplicaKind
-from sie_operator.k8s.status import StoreOutcome, compute_status
+from sie_operator.controller.fleet import FleetReader, GatewayDiscovery, ReplicaKind
+from sie_operator.controller.status import StoreOutcome, compute_status
 
 WORKERS = ["w1", "w2"]
 GRANULAR = ("model_acked", "model_acked_workers", "model_pending_workers")

@@ -175,7 +175,7 @@ def test_records_out_of_place_raise_stream_error() -> None:
         d.feed_line(rs.encode_change("s1.2", enc(obj("a"))))
 
 
-def test_protocol_module_imports_nothing_from_gateway_or_k8s() -> None:
+def test_protocol_module_imports_nothing_from_gateway_or_controller() -> None:
     import ast
     from pathlib import Path
 
@@ -188,7 +188,7 @@ def test_protocol_module_imports_nothing_from_gateway_or_k8s() -> None:
             assert node.level == 0, "no relative imports"
             imported.append(node.module or "")
     assert imported and not [
-        m for m in imported if m.startswith(("sie_operator.gateway", "sie_operator.k8s"))
+        m for m in imported if m.startswith(("sie_operator.gateway", "sie_operator.controller"))
     ]
 
 

@@ -95,7 +95,7 @@ def snapshot(
 
 def computed_cases() -> list[Case]:
     """Every situation the operator reports, with status from ``compute_status`` itself."""
-    from sie_operator.k8s.status import GatewayObservation, StoreOutcome, compute_status
+    from sie_operator.controller.status import GatewayObservation, StoreOutcome, compute_status
 
     sid = "intfloat/e5-small-v2"
     accepted = StoreOutcome("accepted", epoch=3, profiles=("default",))

@@ -18,7 +18,7 @@ import yaml
 
 from sie_operator.catalog.bundles import shipped_bundles
 from sie_operator.catalog.registry import Registry
-from sie_operator.k8s.spec import from_manifest
+from sie_operator.controller.spec import from_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

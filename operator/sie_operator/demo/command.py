@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         if repo_crd.is_file():
             cp.kubectl("apply", "--server-side", "-f", str(repo_crd))
         else:
-            from ..k8s.crd import render_crd_yaml
+            from ..controller.crd import render_crd_yaml
 
             cp.kubectl("apply", "--server-side", "-f", "-", input=render_crd_yaml())
         cp.kubectl("wait", "--for=condition=Established", "crd/modelconfigs.sie.dev", "--timeout=30s")

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from k8s_schema_check import check
 
-from sie_operator.k8s import crd
-from sie_operator.k8s import status as st
-from sie_operator.k8s.status import GatewayObservation, StoreOutcome, compute_status, status_changed
+from sie_operator.controller import crd
+from sie_operator.controller import status as st
+from sie_operator.controller.status import GatewayObservation, StoreOutcome, compute_status, status_changed
 
 NOW = "2025-01-01T00:00:00Z"
 LATER = "2025-01-01T00:05:00Z"

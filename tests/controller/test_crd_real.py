@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from sie_operator.catalog import yamlio
+from sie_operator.controller import crd
+from sie_operator.controller.spec import dump_yaml, dump_yaml_all, from_manifest, to_manifest
+from sie_operator.controller.status import GatewayObservation, StoreOutcome, compute_status
 from sie_operator.devcluster.controlplane import ControlPlane
-from sie_operator.k8s import crd
-from sie_operator.k8s.spec import dump_yaml, dump_yaml_all, from_manifest, to_manifest
-from sie_operator.k8s.status import GatewayObservation, StoreOutcome, compute_status
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("modelconfig_crd")]
 

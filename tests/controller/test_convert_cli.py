@@ -15,7 +15,7 @@ import yaml
 from sie_operator.catalog import yamlio
 from sie_operator.catalog.ids import id_to_filename
 from sie_operator.cli import main
-from sie_operator.k8s.convert_command import NULLS_NOTE
+from sie_operator.controller.convert_command import NULLS_NOTE
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = """\

@@ -17,8 +17,8 @@ from pydantic import BaseModel
 
 from sie_operator.catalog import schema as sie_schema
 from sie_operator.catalog import yamlio
-from sie_operator.k8s import crd, spec
-from sie_operator.k8s.spec import (
+from sie_operator.controller import crd, spec
+from sie_operator.controller.spec import (
     ModelConfigSpec,
     SpecError,
     dump_yaml,
@@ -365,7 +365,8 @@ def test_yaml_output_quotes_what_kubectl_would_misread() -> None:
 def test_module_imports_no_io_heavy_dependencies() -> None:
     """spec/crd/status are pure: importing them must not pull in kopf or aiohttp."""
     code = (
-        "import sys; import sie_operator.k8s.spec, sie_operator.k8s.crd, sie_operator.k8s.status; "
+        "import sys; import sie_operator.controller.spec, sie_operator.controller.crd, "
+        "sie_operator.controller.status; "
         "print(sorted(m for m in ('kopf', 'aiohttp', 'nats') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

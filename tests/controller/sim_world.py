@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sie_operator.k8s.fleetview import FleetSnapshot, GatewayView
-from sie_operator.k8s.objects import ObjectRef, ObjectSnapshot
-from sie_operator.k8s.reconcile import (
+from sie_operator.controller.fleetview import FleetSnapshot, GatewayView
+from sie_operator.controller.objects import ObjectRef, ObjectSnapshot
+from sie_operator.controller.reconcile import (
     Confirm,
     CoreConfig,
     Effect,
@@ -38,8 +38,8 @@ from sie_operator.k8s.reconcile import (
     is_ready,
     step,
 )
-from sie_operator.k8s.status import StoreOutcome, status_changed
-from sie_operator.k8s.writes import WriteSnapshot
+from sie_operator.controller.status import StoreOutcome, status_changed
+from sie_operator.controller.writes import WriteSnapshot
 
 CFG = CoreConfig(retry_initial=0.5, retry_max=8.0)
 NAMES = ("a", "b", "c")

@@ -20,8 +20,8 @@ import time
 import pytest
 from sim_world import InvariantError, World, run_schedule
 
-from sie_operator.k8s.fleetview import FleetSnapshot, GatewayView, ReplicaHealth, damp
-from sie_operator.k8s.reconcile import FleetSeen, PatchStatus, StoreWrite, Tick, WriteDone
+from sie_operator.controller.fleetview import FleetSnapshot, GatewayView, ReplicaHealth, damp
+from sie_operator.controller.reconcile import FleetSeen, PatchStatus, StoreWrite, Tick, WriteDone
 
 SCHEDULES = 10_000
 CHUNKS = 4

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from sie_operator.k8s import crd, spec
-from sie_operator.k8s.crd import build_crd, render_crd_yaml
+from sie_operator.controller import crd, spec
+from sie_operator.controller.crd import build_crd, render_crd_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modelconfig.yaml"

@@ -19,8 +19,8 @@ from chartlib import CHART, FULLNAME, NAMESPACE, REPO, Obj, args, container, env
 
 from sie_operator.cli import build_parser
 from sie_operator.configsvc.command import settings_from_args
-from sie_operator.gateway.deltas import is_trusted, parse_producer_list
 from sie_operator.gateway.settings import from_args as gateway_settings
+from sie_operator.protocol.deltas import is_trusted, parse_producer_list
 
 POD = "pod-7d4b9"
 ALL_VALUES = load_yaml(CHART / "ci" / "all-values.yaml")

@@ -30,7 +30,7 @@ from chartlib import (
     selects,
 )
 
-from sie_operator.gateway.deltas import is_trusted, parse_producer_list
+from sie_operator.protocol.deltas import is_trusted, parse_producer_list
 
 GATEWAY = f"{FULLNAME}-gateway"
 HEADLESS = f"{FULLNAME}-gateway-headless"

@@ -31,8 +31,8 @@ from sie_operator.configsvc import command as configsvc_command
 from sie_operator.devcluster.natsserver import NatsServer
 from sie_operator.devcluster.ports import free_port
 from sie_operator.devcluster.procs import ServerProcess, sie_operator_argv
-from sie_operator.gateway.natsfeed import NatsFeed
 from sie_operator.natsconn import NatsAuth, NatsConfigError, connect_options, redact_url
+from sie_operator.protocol.natsfeed import NatsFeed
 
 USER = "sie-app"
 PASSWORD = "s3cret-Pa55word"

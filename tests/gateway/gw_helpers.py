@@ -9,7 +9,7 @@ import orjson
 
 from sie_operator.catalog.bundles import Bundle, BundleSet, shipped_bundles
 from sie_operator.catalog.registry import Registry
-from sie_operator.gateway.configclient import ConfigServiceError, EpochInfo
+from sie_operator.protocol.configclient import ConfigServiceError, EpochInfo
 
 ST = "sie_server.adapters.sentence_transformer:SentenceTransformerAdapter"
 SGLANG = "sie_server.adapters.sglang:SGLangAdapter"

@@ -14,7 +14,7 @@ from sie_operator.gateway.auth import AuthPolicy
 from sie_operator.gateway.health import Frame, WorkerTable
 from sie_operator.gateway.http import GatewayContext, create_app
 from sie_operator.gateway.metrics import GatewayMetrics
-from sie_operator.gateway.mirror import ConfigMirror
+from sie_operator.protocol.mirror import ConfigMirror
 
 
 async def _client(

@@ -17,8 +17,8 @@ from gw_helpers import SGLANG, FakeService, fake_client, model_doc, unique_model
 from sie_operator.catalog import hashing
 from sie_operator.catalog.bundles import Bundle, BundleSet
 from sie_operator.catalog.registry import same_value
-from sie_operator.gateway.deltas import ALL_SUBJECT
-from sie_operator.gateway.mirror import ConfigMirror, MirrorObserver, build_registry, carried_over
+from sie_operator.protocol.deltas import ALL_SUBJECT
+from sie_operator.protocol.mirror import ConfigMirror, MirrorObserver, build_registry, carried_over
 
 
 class Recorder(MirrorObserver):

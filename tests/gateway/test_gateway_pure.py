@@ -9,7 +9,11 @@ import pytest
 
 from sie_operator.gateway import readiness
 from sie_operator.gateway.auth import AuthConfigError, AuthPolicy, extract_token, parse_tokens
-from sie_operator.gateway.deltas import (
+from sie_operator.gateway.discovery import WorkerUrlError, parse_worker_urls
+from sie_operator.gateway.health import Frame, Health, WorkerTable, on_disconnect, on_frame, on_sweep
+from sie_operator.gateway.workers import FrameError, parse_frame, status_url
+from sie_operator.kube.endpointslices import endpoint_urls
+from sie_operator.protocol.deltas import (
     DeltaError,
     EpochStep,
     PollAction,
@@ -19,11 +23,7 @@ from sie_operator.gateway.deltas import (
     parse_producer_list,
     poll_action,
 )
-from sie_operator.gateway.discovery import WorkerUrlError, parse_worker_urls
-from sie_operator.gateway.health import Frame, Health, WorkerTable, on_disconnect, on_frame, on_sweep
-from sie_operator.gateway.mirror import AckHistory
-from sie_operator.gateway.workers import FrameError, parse_frame, status_url
-from sie_operator.kube.endpointslices import endpoint_urls
+from sie_operator.protocol.mirror import AckHistory
 from sie_operator.worker.state import ReportedHash, check_bundle_name, status_frame
 
 

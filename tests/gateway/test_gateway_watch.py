@@ -19,10 +19,10 @@ from sie_operator.catalog.registry import Registry
 from sie_operator.gateway import readiness
 from sie_operator.gateway.health import Frame, WorkerTable
 from sie_operator.gateway.metrics import GatewayMetrics
-from sie_operator.gateway.mirror import ConfigMirror
 from sie_operator.gateway.service import _Observers
 from sie_operator.gateway.watch import BundleOrder, ReadinessFeed, Subscriber
 from sie_operator.protocol import readiness_stream as rs
+from sie_operator.protocol.mirror import ConfigMirror
 
 
 class Clock:

@@ -21,8 +21,8 @@ from sie_operator.configsvc.settings import Settings
 from sie_operator.devcluster.ports import free_port
 from sie_operator.gateway import settings as gateway_settings
 from sie_operator.gateway.auth import AuthPolicy
-from sie_operator.gateway.configclient import ConfigServiceClient, ConfigServiceError
-from sie_operator.gateway.natsfeed import NatsFeed
+from sie_operator.protocol.configclient import ConfigServiceClient, ConfigServiceError
+from sie_operator.protocol.natsfeed import NatsFeed
 
 PASSWORD = "Sup3r-s3cret-pw"
 

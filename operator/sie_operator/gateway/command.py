@@ -8,8 +8,8 @@ import asyncio
 from sie_operator.cli import UsageError
 
 from ..kube.auth import KubeAuth, KubeAuthError
+from ..lifecycle import serve_until_signalled
 from . import settings as settings_mod
-from .lifecycle import serve_until_signalled
 from .service import Gateway
 
 

@@ -26,11 +26,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sie_operator.catalog.registry import ModelEntry
 from sie_operator.protocol import readiness_stream as rs
 
+from ..protocol.mirror import ConfigMirror
 from . import readiness
 from .auth import AuthPolicy
 from .health import WorkerTable
 from .metrics import GatewayMetrics
-from .mirror import ConfigMirror
 from .watch import ReadinessFeed
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from .mirror import ExportOutcome, MirrorObserver
+from ..protocol.mirror import ExportOutcome, MirrorObserver
 
 
 class GatewayMetrics(MirrorObserver):

@@ -23,14 +23,14 @@ from aiohttp import web
 
 from ..kube.auth import KubeAuth
 from ..kube.client import KubeClient
-from .configclient import ConfigServiceClient
-from .deltas import ALL_SUBJECT
+from ..protocol.configclient import ConfigServiceClient
+from ..protocol.deltas import ALL_SUBJECT
+from ..protocol.mirror import ConfigMirror, ExportOutcome, MirrorObserver
+from ..protocol.natsfeed import NatsFeed
 from .discovery import EndpointSliceWatcher
 from .health import WorkerTable
 from .http import GatewayContext, create_app
 from .metrics import GatewayMetrics
-from .mirror import ConfigMirror, ExportOutcome, MirrorObserver
-from .natsfeed import NatsFeed
 from .settings import GatewaySettings
 from .watch import ReadinessFeed
 from .workers import WorkerConnections

@@ -8,69 +8,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from sie_operator import natsconn
 from sie_operator.natsconn import NatsAuth
 
+from ..protocol.deltas import parse_producer_list
+from ..settingsparse import ConfigError as ConfigError  # re-exported: what from_args raises
+from ..settingsparse import check_http_url, check_nats, default_instance_id, env_bool, parse_number
 from .auth import AuthConfigError, AuthPolicy, parse_tokens
-from .deltas import parse_producer_list
 from .discovery import WorkerUrlError, parse_worker_urls
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"", "0", "false", "no", "off"}
-
-
-class ConfigError(ValueError):
-    """A configuration value the user must fix; ``str(exc)`` is one line."""
-
-
-def env_bool(env: Mapping[str, str], name: str) -> bool:
-    value = env.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name}={env[name]!r} is not a boolean (true/false)")
-
-
-def parse_number(value: object, name: str, *, integer: bool = False, minimum: float = 0.0) -> float:
-    try:
-        n = int(str(value)) if integer else float(str(value))
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a {'whole ' if integer else ''}number") from None
-    if n < minimum or n != n:
-        raise ConfigError(f"{name}={value!r} must be at least {minimum:g}")
-    return n
-
-
-def check_http_url(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - validates the port
-    except ValueError as exc:
-        raise ConfigError(f"{name}={natsconn.redact_url(url)!r}: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}={natsconn.redact_url(url)!r} is not an http(s):// URL")
-    return url.rstrip("/")
-
-
-def check_nats(url: str, auth: NatsAuth) -> tuple[str, NatsAuth]:
-    """The shared NATS option checks (natsconn), as a one-line ConfigError."""
-    if not url.startswith(tuple(f"{s}://" for s in natsconn.SCHEMES)):
-        raise ConfigError(f"SIE_NATS_URL={natsconn.redact_url(url)!r} is not a nats:// URL")
-    try:
-        natsconn.connect_options(url, auth)
-    except natsconn.NatsConfigError as exc:
-        raise ConfigError(f"SIE_NATS_URL: {exc}") from None
-    return url, auth
-
-
-def default_instance_id(env: Mapping[str, str]) -> str:
-    return env.get("POD_NAME") or env.get("HOSTNAME") or socket.gethostname()
 
 
 @dataclass(frozen=True)

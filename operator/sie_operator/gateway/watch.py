@@ -47,9 +47,9 @@ from dataclasses import dataclass
 from sie_operator.catalog.registry import Registry
 from sie_operator.protocol import readiness_stream as rs
 
+from ..protocol.mirror import ConfigMirror
 from . import readiness
 from .health import WorkerTable
-from .mirror import ConfigMirror
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,12 @@
-"""Wire formats shared by the gateway and its clients (the operator), with no I/O.
+"""The SIE fleet protocol: what gateways, workers and the operator share, one floor below them.
 
-Nothing here imports ``gateway`` or ``controller``: both sides import this package, so the
-encoder and the decoder of a format live in one module and cannot drift apart.
+- ``configclient``: the config service's read API (bootstrap, epoch, export);
+- ``deltas``: the NATS config delta subjects and payloads, producer trust, epoch steps;
+- ``mirror``: a registry mirror kept current from bootstrap, deltas and epoch polls;
+- ``natsfeed``: a NATS subscription that survives reconnects;
+- ``readiness_stream``: the gateway's readiness watch stream (records, tokens, decoder).
+
+Nothing here imports ``gateway``, ``worker`` or ``controller``: each of them imports this
+package, so neither reaches into another's internals, and the two ends of each format live
+in one module and cannot drift apart.
 """

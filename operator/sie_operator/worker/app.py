@@ -27,10 +27,10 @@ from collections.abc import Callable
 import orjson
 from aiohttp import web
 
-from sie_operator.gateway.configclient import ConfigServiceClient
-from sie_operator.gateway.deltas import ALL_SUBJECT, DEFAULT_TRUSTED_PRODUCERS, bundle_subject
-from sie_operator.gateway.mirror import ConfigMirror
-from sie_operator.gateway.natsfeed import NatsFeed
+from sie_operator.protocol.configclient import ConfigServiceClient
+from sie_operator.protocol.deltas import ALL_SUBJECT, DEFAULT_TRUSTED_PRODUCERS, bundle_subject
+from sie_operator.protocol.mirror import ConfigMirror
+from sie_operator.protocol.natsfeed import NatsFeed
 
 from .state import ReportedHash, status_frame
 

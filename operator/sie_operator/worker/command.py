@@ -19,11 +19,11 @@ from aiohttp import web
 
 from sie_operator import natsconn
 from sie_operator.cli import UsageError
-from sie_operator.gateway.configclient import ConfigServiceClient
-from sie_operator.gateway.deltas import parse_producer_list
-from sie_operator.gateway.lifecycle import serve_until_signalled
-from sie_operator.gateway.natsfeed import NatsFeed
-from sie_operator.gateway.settings import (
+from sie_operator.lifecycle import serve_until_signalled
+from sie_operator.protocol.configclient import ConfigServiceClient
+from sie_operator.protocol.deltas import parse_producer_list
+from sie_operator.protocol.natsfeed import NatsFeed
+from sie_operator.settingsparse import (
     ConfigError,
     check_http_url,
     check_nats,

@@ -150,7 +150,12 @@ def reconcile_counters(config_url: str) -> list[str]:
     """The operator's own account of the run: patches, Events, writes by outcome."""
     with urllib.request.urlopen(f"{config_url}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    keep = ("sie_operator_status_patches_total", "sie_operator_events_total", "sie_operator_reconciles_total")
+    keep = (
+        "sie_operator_status_patches_total",
+        "sie_operator_events_total",
+        "sie_operator_event_failures_total",
+        "sie_operator_reconciles_total",
+    )
     return [line for line in text.splitlines() if line.startswith(keep)]
 
 

@@ -81,8 +81,8 @@ class Driver:
         relist_interval: float = 300.0,
         relist_debounce: float = 1.0,
         write_concurrency: int = 64,
-        patch_concurrency: int = 16,
-        event_concurrency: int = 8,
+        patch_concurrency: int = 32,
+        event_concurrency: int = 16,
         publishes: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -52,6 +52,9 @@ MAX_TOMBSTONES = 65536
 class CoreConfig:
     retry_initial: float = 0.5  # first retry of a transiently failed write or patch
     retry_max: float = 30.0
+    # after an accepted write, wait this long at most for a fleet snapshot taken after it
+    # before reporting (the driver asks for one at once): one status patch, not two
+    fresh_fleet_wait: float = 2.0
 
 
 # --------------------------------------------------------------------------- inputs
@@ -162,6 +165,7 @@ class Record:
     # whether our last successful patch made it Ready (the Ready Event marks that transition;
     # the watch event of a patch can overtake its response, so the observed status cannot tell)
     announced_ready: bool = False
+    accepted_at: float = 0.0  # when the current accepted write was decided (0: no wait)
 
 
 @dataclass
@@ -177,6 +181,7 @@ class State:
     timers: dict[str, float] = field(default_factory=dict)  # uid -> when a retry is due
     confirming: set[str] = field(default_factory=set)
     converging: set[str] = field(default_factory=set)  # uids not yet Ready (or Stalled)
+    awaiting_fleet: set[str] = field(default_factory=set)  # accepted writes the fleet has not seen
 
     def owner_ref(self, key: str) -> ObjectRef | None:
         uid = self.owners.get(key)
@@ -260,14 +265,14 @@ def step(state: State, inp: Input, *, now: float, wall: str, cfg: CoreConfig) ->
             uid
             for uid, rec in state.records.items()
             if rec.seen_fleet != _fleet_view(inp.fleet, rec.obj.sie_id)
-        }
+        } | (state.awaiting_fleet & state.records.keys())
     elif isinstance(inp, PatchDone):
         touched |= _patch_done(state, inp, now, cfg, effects)
     elif isinstance(inp, Tick):
         due = [uid for uid, at in state.timers.items() if at <= now]
         touched |= set(due)
     for uid in sorted(touched):
-        _plan(state, uid, now, wall, effects)
+        _plan(state, uid, now, wall, cfg, effects)
     return effects
 
 
@@ -326,6 +331,7 @@ def _gone(state: State, ref: ObjectRef, effects: list[Effect]) -> set[str]:
     rec = state.records.pop(uid, None)
     state.timers.pop(uid, None)
     state.converging.discard(uid)
+    state.awaiting_fleet.discard(uid)
     if rec is None:
         return set()
     key = rec.obj.sie_key
@@ -374,6 +380,8 @@ def _write_done(state: State, inp: WriteDone, now: float, cfg: CoreConfig, effec
         )
     else:
         rec = replace(rec, inflight=None, decided=Decided(inp.write, outcome), retry_at=0.0, backoff=0.0)
+    if outcome.kind == "accepted":
+        rec = replace(rec, accepted_at=now)
     if inp.notice is not None:
         effects.append(PostEvent(rec.obj.ref, inp.notice))
     state.records[rec.obj.uid] = _notify_once(rec, failure_notice(outcome), inp.write.generation, effects)
@@ -416,7 +424,7 @@ def _patch_done(state: State, inp: PatchDone, now: float, cfg: CoreConfig, effec
     return {uid}
 
 
-def _plan(state: State, uid: str, now: float, wall: str, effects: list[Effect]) -> None:
+def _plan(state: State, uid: str, now: float, wall: str, cfg: CoreConfig, effects: list[Effect]) -> None:
     """Start what this resource needs next: its write, then its status."""
     rec = state.records.get(uid)
     if rec is None or not state.synced:
@@ -432,13 +440,24 @@ def _plan(state: State, uid: str, now: float, wall: str, effects: list[Effect]) 
             rec = replace(rec, inflight=want)
             effects.append(StoreWrite(want))
     rec = replace(rec, seen_fleet=_fleet_view(state.fleet, rec.obj.sie_id))
-    if not rec.patching and now >= rec.patch_retry_at:
+    wait_until = 0.0
+    if rec.accepted_at:
+        fleet_at = state.fleet.taken_at if state.fleet is not None else float("-inf")
+        if fleet_at < rec.accepted_at and now < rec.accepted_at + cfg.fresh_fleet_wait:
+            wait_until = rec.accepted_at + cfg.fresh_fleet_wait  # the fleet has not seen the write yet
+            state.awaiting_fleet.add(uid)
+        else:
+            rec = replace(rec, accepted_at=0.0)
+            state.awaiting_fleet.discard(uid)
+    if not wait_until and not rec.patching and now >= rec.patch_retry_at:
         desired = desired_status(rec, want, state.fleet, wall)
         if desired is not None and status_changed(rec.obj.status, desired):
             rec = replace(rec, patching=True)
             effects.append(PatchStatus(rec.obj.ref, desired))
     state.records[uid] = rec
-    due = [t for t in (rec.retry_at if rec.inflight is None else 0.0, rec.patch_retry_at) if t > now]
+    due = [
+        t for t in (rec.retry_at if rec.inflight is None else 0.0, rec.patch_retry_at, wait_until) if t > now
+    ]
     if due:
         state.timers[uid] = min(due)
     else:

@@ -301,16 +301,19 @@ class Driver:
         a write that was just accepted asks for a read at once (20 ms later, so a burst of
         writes shares one read). A read asks only for the models still converging; every
         slow interval it asks for all of them."""
+        warm = False  # the first read opens the replicas' streams before any resource needs them
         while not stop.is_set():
             busy = bool(self.state.converging) or self.fleet.degraded
             timeout = self.fast_interval if busy else self.slow_interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._fleet_kick.wait(), timeout)
+            if warm:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._fleet_kick.wait(), timeout)
             self._fleet_kick.clear()
             await asyncio.sleep(0.005)  # a burst of kicks shares one read
             records = self.state.records
-            if not records:
+            if not records and warm:
                 continue
+            warm = True
             now = self.clock()
             wanted: tuple[str, ...] | None = None
             if now - self._full_read_at >= self.slow_interval:

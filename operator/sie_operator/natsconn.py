@@ -21,13 +21,14 @@ raises contains it, and :func:`redact_url` is what every log line shows. Bad com
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
 import os
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -288,3 +289,14 @@ class ErrorLog:
             )
         else:
             self.logger.warning("NATS %s: %s%s", self.shown_url, msg, extra)
+
+
+async def bounded_close(coro: Coroutine[Any, Any, Any], seconds: float) -> None:
+    """Run a NATS client's ``close()`` for at most ``seconds``, and never wait on a
+    cancellation: nats-py can swallow one inside its connect retries, and a stop must not hang."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()  # retrieved: closing a client that never connected may fail, harmlessly

@@ -10,7 +10,6 @@ they sit in the client's buffer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,14 @@ from dataclasses import dataclass
 import orjson
 from nats.aio.client import Client as NATS
 
-from sie_operator.natsconn import ErrorLog, NatsAuth, NatsConfigError, connect_options, redact_url
+from sie_operator.natsconn import (
+    ErrorLog,
+    NatsAuth,
+    NatsConfigError,
+    bounded_close,
+    connect_options,
+    redact_url,
+)
 
 from .metrics import Metrics
 
@@ -185,10 +191,10 @@ class NatsPublisher:
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # bounded: nats-py's connect loop can swallow a cancellation while it retries;
+            # closing the client below is what ends it then
+            await asyncio.wait({task}, timeout=2.0)
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), timeout=2.0)
+            await bounded_close(nc.close(), 2.0)
         self.metrics.nats_connected.set(0)

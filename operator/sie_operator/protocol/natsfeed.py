@@ -9,7 +9,6 @@ gone for good: listeners use it to compare epochs with the config service right 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -17,7 +16,14 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from sie_operator.natsconn import ErrorLog, NatsAuth, NatsConfigError, connect_options, redact_url
+from sie_operator.natsconn import (
+    ErrorLog,
+    NatsAuth,
+    NatsConfigError,
+    bounded_close,
+    connect_options,
+    redact_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +118,10 @@ class NatsFeed:
         self._closing = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # bounded: nats-py can swallow a cancellation inside its connect retries
+            await asyncio.wait({self._task}, timeout=2.0)
         if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.close(), timeout=2)
+            await bounded_close(self._nc.close(), 2.0)
             self._nc = None
         self.connected = False
 

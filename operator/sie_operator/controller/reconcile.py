@@ -188,10 +188,6 @@ class State:
         rec = self.records.get(uid) if uid is not None else None
         return rec.obj.ref if rec is not None else None
 
-    def is_duplicate(self, uid: str) -> bool:
-        rec = self.records.get(uid)
-        return bool(rec and rec.decided and rec.decided.outcome.kind == "duplicate")
-
 
 # --------------------------------------------------------------------------- pure decisions
 

@@ -1,9 +1,10 @@
-"""`sie-operator run`: kopf, the embedded config service and its HTTP API in one asyncio loop.
+"""`sie-operator run`: the embedded config service, its HTTP API and the controller.
 
 The HTTP API, the kopf handlers and the status writer share one ConfigService (one store,
 one registry, one epoch), so a model POSTed with curl and one applied as a ModelConfig are
-the same thing. Everything that must survive kopf's shutdown sweep (it cancels tasks
-created after it starts) is created before kopf starts.
+the same thing. The controller (kopf watch, reconcile driver, fleet reader) is a
+``Session``: held for the whole life of the process, or, with ``--leader-election``, only
+while this replica holds the Lease. The Config API serves every replica's reads either way.
 """
 
 from __future__ import annotations
@@ -12,19 +13,18 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+import signal
+import socket
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-import kopf
 
 from ..cli import UsageError
 from ..configsvc import command as configsvc_command
 from ..kube.auth import KubeAuth, KubeAuthError
 from ..kube.client import KubeClient
-from .driver import Driver
-from .fleet import FleetReader, GatewayDiscovery
-from .handlers import build_registry, configure
+from .health import HealthServer
 from .metrics import ReconcileMetrics
+from .session import Session
 
 log = logging.getLogger("sie_operator.operator")
 
@@ -79,6 +79,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a replica counts as unreachable only after failing this long; until then its last "
         "good view stands (env SIE_GATEWAY_GRACE_SECONDS, default 15: one gateway heartbeat timeout)",
     )
+    le = parser.add_argument_group("high availability")
+    le.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run several replicas: only the holder of a Lease watches, writes and publishes; the "
+        "others serve Config API reads and forward writes (env SIE_LEADER_ELECTION, default off)",
+    )
+    le.add_argument("--leader-election-id", default=None, help="Lease name (default sie-operator)")
+    le.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        help="Lease namespace (default: POD_NAMESPACE, else the first watched namespace)",
+    )
+    le.add_argument("--leader-election-lease-seconds", type=float, default=15.0, help="lease duration (15)")
+    le.add_argument(
+        "--leader-election-renew-deadline-seconds",
+        type=float,
+        default=10.0,
+        help="a leader that could not renew for this long stops writing (10)",
+    )
+    le.add_argument(
+        "--leader-election-retry-seconds", type=float, default=2.0, help="renew/acquire attempt interval (2)"
+    )
+    le.add_argument(
+        "--advertise-url",
+        default=None,
+        help="this replica's Config API URL, published on the Lease so standbys forward writes to the "
+        "leader (env SIE_ADVERTISE_URL; default http://POD_IP:PORT, else http://127.0.0.1:PORT)",
+    )
 
 
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,6 +133,7 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
     if relist <= 0:
         raise UsageError("the relist interval must be positive")
     return {
+        **_leader_election(args, env, namespaces),
         "namespaces": list(namespaces),
         "all_namespaces": bool(args.all_namespaces),
         "gateway_urls": urls,
@@ -114,6 +145,56 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         "gateway_grace": grace,
         "relist_seconds": relist,
     }
+
+
+def _leader_election(
+    args: argparse.Namespace, env: Mapping[str, str], namespaces: Sequence[str]
+) -> dict[str, Any]:
+    enabled = args.leader_election
+    if enabled is None:
+        raw = env.get("SIE_LEADER_ELECTION", "").strip().lower()
+        if raw in ("", "0", "false", "no", "off"):
+            enabled = False
+        elif raw in ("1", "true", "yes", "on"):
+            enabled = True
+        else:
+            raise UsageError(f"SIE_LEADER_ELECTION={raw!r} is not a boolean (use true or false)")
+    lease, renew, retry = (
+        args.leader_election_lease_seconds,
+        args.leader_election_renew_deadline_seconds,
+        args.leader_election_retry_seconds,
+    )
+    if not (0 < retry < renew < lease):
+        raise UsageError(
+            "leader election timings must satisfy 0 < retry < renew deadline < lease "
+            f"(got {retry}, {renew}, {lease})"
+        )
+    namespace = (
+        args.leader_election_namespace or env.get("POD_NAMESPACE") or (namespaces[0] if namespaces else None)
+    )
+    if enabled and not namespace:
+        raise UsageError("leader election needs a namespace for its Lease: pass --leader-election-namespace")
+    identity = env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    return {
+        "leader_election": bool(enabled),
+        "lease_name": args.leader_election_id or "sie-operator",
+        "lease_namespace": namespace,
+        "lease_identity": identity,
+        "lease_seconds": lease,
+        "renew_deadline": renew,
+        "retry_seconds": retry,
+        "advertise_url": args.advertise_url or env.get("SIE_ADVERTISE_URL") or None,
+    }
+
+
+def advertise_url(explicit: str | None, env: Mapping[str, str], port: int) -> str:
+    """Where standbys send writes: the explicit URL, else the pod IP, else loopback (one machine)."""
+    if explicit:
+        return explicit.rstrip("/")
+    host = env.get("POD_IP") or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _seconds(flag: float | None, env_value: str | None, default: float, what: str) -> float:
@@ -135,62 +216,150 @@ def run(args: argparse.Namespace) -> int:
     opts = _resolve(args)
     settings = configsvc_command.settings_from_args(args)
     try:
-        asyncio.run(_main(args, opts, settings))
+        return asyncio.run(_main(args, opts, settings))
     except KubeAuthError as exc:
         raise UsageError(str(exc)) from None
-    return 0
 
 
-async def _main(args: argparse.Namespace, opts: dict[str, Any], settings: Any) -> None:
+async def _main(args: argparse.Namespace, opts: dict[str, Any], settings: Any) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     auth = await KubeAuth.load(args.kubeconfig)
     log.info("Kubernetes credentials: %s", auth.source)
     service, runner = await configsvc_command.start_service(settings)
     kube = KubeClient(auth)
-    discovery = GatewayDiscovery(
-        opts["gateway_urls"],
-        kube=kube,
-        service=opts["gateway_service"],
-        namespace=opts["gateway_namespace"],
-        port=args.gateway_port,
-    )
-    fleet = FleetReader(discovery, token=opts["gateway_token"], grace=opts["gateway_grace"])
-    driver = Driver(
-        service,
-        fleet,
-        kube,
-        namespaces=None if opts["all_namespaces"] else opts["namespaces"],
-        metrics=ReconcileMetrics(service.metrics.registry),
-        slow_interval=args.resync_seconds,
-        relist_interval=opts["relist_seconds"],
-        publishes=settings.nats_url is not None,
-    )
-    stop = asyncio.Event()
-    writer = asyncio.create_task(driver.run(stop), name="reconcile-driver")
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one INFO line per event is noise
-    kopf_settings = kopf.OperatorSettings()
-    configure(kopf_settings)
-    kopf_settings.scanning.disabled = True
+    metrics = ReconcileMetrics(service.metrics.registry)
+    holder = _Holder()
+    health = HealthServer(lambda: service.liveness() or holder.liveness())
+    try:
+        await health.start("0.0.0.0", args.health_port)
+    except OSError as exc:
+        await kube.close()
+        auth.close()
+        await configsvc_command.stop_service(service, runner)
+        raise UsageError(f"cannot listen on health port {args.health_port}: {exc.strerror or exc}") from None
+
+    def new_session(may_write: Any = None) -> Session:
+        return Session(
+            service=service,
+            kube=kube,
+            auth=auth,
+            opts=opts,
+            metrics=metrics,
+            gateway_port=args.gateway_port,
+            resync_seconds=args.resync_seconds,
+            publishes=settings.nats_url is not None,
+            may_write=may_write,
+        )
+
     log.info(
         "operator watching %s; gateways %s",
         "all namespaces" if opts["all_namespaces"] else ", ".join(opts["namespaces"]),
         opts["gateway_urls"] or f"service {opts['gateway_service']}",
     )
+    failed = False
     try:
-        await kopf.operator(
-            registry=build_registry(driver, auth),
-            settings=kopf_settings,
-            standalone=True,
-            clusterwide=opts["all_namespaces"],
-            namespaces=opts["namespaces"],
-            liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",
-        )
+        if opts["leader_election"]:
+            failed = await _run_elected(opts, settings, service, kube, holder, new_session, stop)
+        else:
+            holder.session = new_session()
+            await holder.session.start()
+            await _first(stop.wait(), holder.session.finished.wait())
+            failed = holder.session.error is not None
     finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(writer, timeout=5)
-        except (TimeoutError, asyncio.CancelledError):
-            writer.cancel()
-        await fleet.close()
+        if holder.session is not None:
+            await holder.session.stop()
+        await health.stop()
         await kube.close()
         auth.close()
         await configsvc_command.stop_service(service, runner)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 1 if failed else 0
+
+
+class _Holder:
+    """The current session, if any (the health endpoint and the election share it)."""
+
+    def __init__(self) -> None:
+        self.session: Session | None = None
+
+    def liveness(self) -> str | None:
+        s = self.session
+        if s is not None and s.error is not None:
+            return f"the Kubernetes watch stopped: {s.error}"
+        return None
+
+
+async def _run_elected(
+    opts: dict[str, Any],
+    settings: Any,
+    service: Any,
+    kube: KubeClient,
+    holder: _Holder,
+    new_session: Any,
+    stop: asyncio.Event,
+) -> bool:
+    """Hold a session exactly while this replica leads; True if a term ended in failure."""
+    from ..leader.elector import Elector, ElectorConfig  # the leader floor sits above kube
+
+    failure = asyncio.Event()
+
+    async def started_leading() -> None:
+        log.info("leading: starting the controller (identity %s)", opts["lease_identity"])
+        session = new_session(elector.may_write)
+        holder.session = session
+        await session.start()
+
+        async def watch_failure() -> None:
+            await session.finished.wait()
+            if session.error is not None:
+                failure.set()
+
+        asyncio.get_running_loop().create_task(watch_failure())
+
+    async def stopped_leading() -> None:
+        session, holder.session = holder.session, None
+        if session is not None:
+            log.warning("lost the Lease: the controller stops, this replica is now a standby")
+            await session.stop()
+
+    elector = Elector(
+        kube,
+        ElectorConfig(
+            namespace=opts["lease_namespace"],
+            name=opts["lease_name"],
+            identity=opts["lease_identity"],
+            lease_duration=opts["lease_seconds"],
+            renew_deadline=opts["renew_deadline"],
+            retry_period=opts["retry_seconds"],
+            advertise_url=advertise_url(opts["advertise_url"], os.environ, settings.port),
+        ),
+        on_started_leading=started_leading,
+        on_stopped_leading=stopped_leading,
+    )
+    service.leadership = elector
+    task = asyncio.create_task(elector.run(stop), name="leader-election")
+    try:
+        await _first(stop.wait(), failure.wait(), asyncio.wait([task]))
+    finally:
+        stop.set()
+        await stopped_leading()
+        try:
+            await asyncio.wait_for(task, timeout=5)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+        await elector.release()
+    return failure.is_set()
+
+
+async def _first(*coros: Any) -> None:
+    """Wait until the first of ``coros`` finishes, cancel the rest."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()

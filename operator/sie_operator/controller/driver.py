@@ -85,6 +85,7 @@ class Driver:
         event_concurrency: int = 16,
         publishes: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        may_write: Callable[[], bool] | None = None,
     ) -> None:
         self.service = service
         self.fleet = fleet
@@ -98,6 +99,9 @@ class Driver:
         self.relist_debounce = relist_debounce
         self.publishes = publishes
         self.clock = clock
+        # Leader election: checked right before every store write, status patch and Event,
+        # so a replica whose term ran out writes nothing even before its session is stopped.
+        self.may_write = may_write or (lambda: True)
         self.state = State()
         self._inbox: asyncio.Queue[Input] = asyncio.Queue()
         self._fleet_kick = asyncio.Event()
@@ -206,6 +210,8 @@ class Driver:
             self._fleet_kick.set()
 
     async def _apply_to_store(self, w: WriteSnapshot) -> tuple[StoreOutcome, Any]:
+        if not self.may_write():
+            return StoreOutcome("store_error", "this replica is not the leader"), None
         try:
             doc = spec_to_sie(w.spec)
         except Exception as exc:
@@ -233,6 +239,9 @@ class Driver:
 
     async def _patch(self, ref: ObjectRef, status: Mapping[str, Any]) -> None:
         async with self._patch_sem:
+            if not self.may_write():
+                self.submit(PatchDone(ref, None, "failed"))
+                return
             try:
                 body = await self.kube.patch_status(
                     API_GROUP, API_VERSION, ref.namespace, PLURAL, ref.name, status, uid=ref.uid
@@ -258,6 +267,8 @@ class Driver:
 
     async def _event(self, ref: ObjectRef, reason: str, message: str, warning: bool) -> None:
         async with self._event_sem:
+            if not self.may_write():
+                return
             try:
                 await self.kube.post_event(
                     namespace=ref.namespace,

@@ -11,31 +11,33 @@ reconcile core over all watched namespaces, after the driver's own complete list
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
 
-from ..kube.auth import KubeAuth
-from .driver import Driver
 from .spec import API_GROUP as GROUP
 from .spec import API_VERSION as VERSION
 from .spec import PLURAL
 
 
-def build_registry(driver: Driver, auth: KubeAuth) -> kopf.OperatorRegistry:
-    """kopf logs in with the operator's own credentials (``kube.auth``), so its watch and the
-    status writer are one identity, and exec plugins and token renewal work for both."""
+def build_registry(
+    observe: Callable[[str | None, Mapping[str, Any]], None],
+    login_info: Callable[[], Awaitable[kopf.ConnectionInfo]],
+) -> kopf.OperatorRegistry:
+    """``observe`` takes each watch event (the driver's intake); ``login_info`` gives fresh
+    credentials of the operator's own (``kube.auth``), so its watch and the status writer are
+    one identity, and exec plugins and token renewal work for both."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry, id="login")  # type: ignore[arg-type]
     async def login(**_: Any) -> kopf.ConnectionInfo:
         # kopf asks again after a 401 and before ``expiration``: fetch fresh credentials
-        await auth.refresh(force=True)
-        return auth.connection_info()
+        return await login_info()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="modelconfig_event")  # type: ignore[arg-type]
     async def modelconfig_event(event: Any, body: Any, **_: Any) -> None:
-        driver.observe(event.get("type"), dict(body))
+        observe(event.get("type"), dict(body))
 
     return registry
 

@@ -82,7 +82,9 @@ def classify_exception(exc: BaseException) -> StoreOutcome | None:
         return StoreOutcome(
             "nats_unavailable", "NATS is not connected; the change will be published when it is"
         )
-    if name == "StoreError":
+    if name == "NotLeader":
+        return StoreOutcome("store_error", "this replica is not the leader; the leader writes it")
+    if any(c.__name__ == "StoreError" for c in type(exc).__mro__):  # and its kinds (e.g. fenced)
         return StoreOutcome("store_error", f"the config store failed: {exc}")
     return None
 

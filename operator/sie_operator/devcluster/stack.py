@@ -32,6 +32,12 @@ class StackConfig:
     operator_args: Sequence[str] = ()
     heartbeat_timeout: float = 3.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    # high availability: several operator replicas (each its own Config API port and
+    # POD_NAME operator-<i>), the store given as SIE_CONFIG_STORE_DIR (e.g.
+    # jetstream://sie-config), and an external NATS (e.g. a NatsCluster's comma list)
+    operators: int = 1
+    store: str | None = None
+    nats_url: str | None = None
 
 
 class Stack:
@@ -43,8 +49,11 @@ class Stack:
         self.logs = self.workdir / "logs"
         self.store_dir = self.workdir / "store"
         self.nats = NatsServer(log_dir=self.logs)
-        self.api_port = free_port()
-        self.health_port = free_port()
+        self.api_ports = [free_port() for _ in range(max(1, cfg.operators))]
+        self.health_ports = [free_port() for _ in range(max(1, cfg.operators))]
+        self.api_port = self.api_ports[0]
+        self.health_port = self.health_ports[0]
+        self.controls: list[ServerProcess | None] = [None] * len(self.api_ports)
         self.gateway_ports = [free_port() for _ in range(cfg.gateways)]
         self.worker_ports = {name: free_port() for name, _ in cfg.workers}
         self.control: ServerProcess | None = None
@@ -54,6 +63,14 @@ class Stack:
     @property
     def config_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def config_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p}" for p in self.api_ports]
+
+    @property
+    def nats_url(self) -> str:
+        return self.cfg.nats_url or self.nats.url
 
     @property
     def gateway_urls(self) -> list[str]:
@@ -69,14 +86,16 @@ class Stack:
         return env
 
     # -- pieces ------------------------------------------------------------------------
-    def control_process(self) -> ServerProcess:
+    def control_process(self, i: int = 0) -> ServerProcess:
         env = self._env(control=True) | {
-            "SIE_CONFIG_STORE_DIR": str(self.store_dir),
-            "SIE_NATS_URL": self.nats.url,
+            "SIE_CONFIG_STORE_DIR": self.cfg.store
+            or str(self.store_dir if i == 0 else self.store_dir / f"{i}"),
+            "SIE_NATS_URL": self.nats_url,
+            "POD_NAME": f"operator-{i}",
         }
         if self.cfg.kubeconfig is None:
-            argv = sie_operator_argv("config-api", "--host", "127.0.0.1", "--port", str(self.api_port))
-            name = "config-api"
+            argv = sie_operator_argv("config-api", "--host", "127.0.0.1", "--port", str(self.api_ports[i]))
+            name = "config-api" if i == 0 else f"config-api-{i}"
         else:
             env["KUBECONFIG"] = self.cfg.kubeconfig
             argv = sie_operator_argv(
@@ -84,9 +103,9 @@ class Stack:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(self.api_port),
+                str(self.api_ports[i]),
                 "--health-port",
-                str(self.health_port),
+                str(self.health_ports[i]),
                 *[a for ns in self.cfg.namespaces for a in ("--namespace", ns)],
                 *[a for u in self.gateway_urls for a in ("--gateway-url", u)],
                 # damp gateway blips for as long as the gateway gives a silent worker
@@ -94,13 +113,13 @@ class Stack:
                 str(self.cfg.heartbeat_timeout),
                 *self.cfg.operator_args,
             )
-            name = "operator"
+            name = "operator" if i == 0 else f"operator-{i}"
         return ServerProcess(argv, name=name, log_dir=self.logs, env=env)
 
     def gateway_process(self, i: int) -> ServerProcess:
         env = self._env() | {
-            "SIE_CONFIG_SERVICE_URL": self.config_url,
-            "SIE_NATS_URL": self.nats.url,
+            "SIE_CONFIG_SERVICE_URL": ",".join(self.config_urls),
+            "SIE_NATS_URL": self.nats_url,
             "SIE_GATEWAY_WORKERS": ",".join(f"http://127.0.0.1:{p}" for p in self.worker_ports.values()),
         }
         argv = sie_operator_argv(
@@ -130,17 +149,19 @@ class Stack:
             "--port",
             str(self.worker_ports[name]),
             "--nats-url",
-            self.nats.url,
+            self.nats_url,
             "--config-url",
-            self.config_url,
+            ",".join(self.config_urls),
             *self.cfg.worker_args,
         )
         return ServerProcess(argv, name=name, log_dir=self.logs, env=self._env())
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> Stack:
-        self.nats.start()
-        self.start_control(timeout)
+        if self.cfg.nats_url is None:
+            self.nats.start()
+        for i in range(len(self.api_ports)):
+            self.start_control(timeout, i=i)
         for name in self.worker_ports:
             self.start_worker(name, wait=False)
         for name in self.worker_ports:
@@ -153,14 +174,18 @@ class Stack:
             g.wait_http(f"{self.gateway_urls[i]}/readyz", timeout)
         return self
 
-    def start_control(self, timeout: float = 60.0) -> ServerProcess:
-        self.control = self.control_process().start()
-        self.control.wait_http(f"{self.config_url}/healthz", timeout)
-        return self.control
+    def start_control(self, timeout: float = 60.0, i: int = 0) -> ServerProcess:
+        p = self.control_process(i).start()
+        self.controls[i] = p
+        if i == 0:
+            self.control = p
+        p.wait_http(f"{self.config_urls[i]}/healthz", timeout)
+        return p
 
     def stop_control(self) -> None:
-        if self.control is not None:
-            self.control.stop()
+        for p in self.controls:
+            if p is not None:
+                p.stop()
 
     def start_worker(self, name: str, wait: bool = True) -> ServerProcess:
         p = self.worker_process(name).start()
@@ -185,7 +210,8 @@ class Stack:
         for w in self.workers.values():
             w.stop(timeout=5)
         self.stop_control()
-        self.nats.stop()
+        if self.cfg.nats_url is None:
+            self.nats.stop()
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -195,7 +221,7 @@ class Stack:
 
     def logs_tail(self) -> str:
         parts = []
-        for p in [self.control, *self.gateways, *self.workers.values()]:
+        for p in [*self.controls, *self.gateways, *self.workers.values()]:
             if p is not None:
                 parts.append(f"--- {p.name} ---\n{p.log_tail(30)}")
         return "\n".join(parts)

@@ -1,0 +1,1 @@
+"""Lease leader election (placeholder docstring, see elector.py)."""

@@ -37,6 +37,18 @@ def default_identity() -> str:
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
+def steady_clock() -> float:
+    """Seconds on a clock that never jumps and keeps counting while the machine sleeps.
+
+    CLOCK_MONOTONIC stops during a system suspend (a laptop lid, a paused VM): a leader
+    frozen that way would wake up believing less time had passed than its observers did.
+    CLOCK_BOOTTIME counts the suspension too; elsewhere monotonic is the best there is."""
+    return time.clock_gettime(_CLOCK)
+
+
+_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
 def micro_time() -> str:
     """A MicroTime for acquireTime/renewTime (informational: nobody judges expiry by it)."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -57,7 +69,7 @@ class Elector:
         on_started_leading: Callback | None = None,
         on_stopped_leading: Callback | None = None,
         request_timeout: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = steady_clock,
     ) -> None:
         if not identity:
             raise D.ElectionConfigError("leader election needs a non-empty identity")

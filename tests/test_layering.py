@@ -1,5 +1,6 @@
 """Floors that import only downward: the shared fleet protocol below gateway, worker and
-controller; neither the worker nor the controller reaches into the gateway (or each other)."""
+controller; neither the worker nor the controller reaches into the gateway (or each other);
+leader election sits on kube/ and below, under the controller and the config service."""
 
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ def loaded(module: str) -> list[str]:
         ("sie_operator.worker.command", ("sie_operator.gateway", "sie_operator.controller")),
         ("sie_operator.controller.command", ("sie_operator.gateway", "sie_operator.worker")),
         ("sie_operator.gateway.command", ("sie_operator.worker", "sie_operator.controller")),
+        (
+            "sie_operator.leader",
+            (
+                "sie_operator.controller",
+                "sie_operator.configsvc",
+                "sie_operator.gateway",
+                "sie_operator.worker",
+            ),
+        ),
         (
             "sie_operator.protocol.mirror",
             ("sie_operator.gateway", "sie_operator.worker", "sie_operator.controller"),

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from ..cli import UsageError
 from ..configsvc import command as configsvc_command
 from ..kube.auth import KubeAuth, KubeAuthError
 from ..kube.client import KubeClient
+from ..leader import ElectionConfigError, Elector, Timing, default_identity
 from .health import HealthServer
 from .metrics import ReconcileMetrics
 from .session import Session
@@ -164,25 +164,21 @@ def _leader_election(
         args.leader_election_renew_deadline_seconds,
         args.leader_election_retry_seconds,
     )
-    if not (0 < retry < renew < lease):
-        raise UsageError(
-            "leader election timings must satisfy 0 < retry < renew deadline < lease "
-            f"(got {retry}, {renew}, {lease})"
-        )
+    try:
+        timing = Timing(lease_duration=lease, renew_deadline=renew, retry_period=retry)
+    except ElectionConfigError as exc:
+        raise UsageError(str(exc)) from None
     namespace = (
         args.leader_election_namespace or env.get("POD_NAMESPACE") or (namespaces[0] if namespaces else None)
     )
     if enabled and not namespace:
         raise UsageError("leader election needs a namespace for its Lease: pass --leader-election-namespace")
-    identity = env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     return {
         "leader_election": bool(enabled),
         "lease_name": args.leader_election_id or "sie-operator",
         "lease_namespace": namespace,
-        "lease_identity": identity,
-        "lease_seconds": lease,
-        "renew_deadline": renew,
-        "retry_seconds": retry,
+        "lease_identity": default_identity(),
+        "lease_timing": timing,
         "advertise_url": args.advertise_url or env.get("SIE_ADVERTISE_URL") or None,
     }
 
@@ -285,6 +281,7 @@ class _Holder:
 
     def __init__(self) -> None:
         self.session: Session | None = None
+        self.watcher: asyncio.Task[None] | None = None
 
     def liveness(self) -> str | None:
         s = self.session
@@ -303,8 +300,6 @@ async def _run_elected(
     stop: asyncio.Event,
 ) -> bool:
     """Hold a session exactly while this replica leads; True if a term ended in failure."""
-    from ..leader.elector import Elector, ElectorConfig  # the leader floor sits above kube
-
     failure = asyncio.Event()
 
     async def started_leading() -> None:
@@ -315,10 +310,10 @@ async def _run_elected(
 
         async def watch_failure() -> None:
             await session.finished.wait()
-            if session.error is not None:
+            if session.error is not None and holder.session is session:
                 failure.set()
 
-        asyncio.get_running_loop().create_task(watch_failure())
+        holder.watcher = asyncio.get_running_loop().create_task(watch_failure())
 
     async def stopped_leading() -> None:
         session, holder.session = holder.session, None
@@ -326,32 +321,29 @@ async def _run_elected(
             log.warning("lost the Lease: the controller stops, this replica is now a standby")
             await session.stop()
 
+    timing = opts["lease_timing"]
     elector = Elector(
         kube,
-        ElectorConfig(
-            namespace=opts["lease_namespace"],
-            name=opts["lease_name"],
-            identity=opts["lease_identity"],
-            lease_duration=opts["lease_seconds"],
-            renew_deadline=opts["renew_deadline"],
-            retry_period=opts["retry_seconds"],
-            advertise_url=advertise_url(opts["advertise_url"], os.environ, settings.port),
-        ),
+        namespace=opts["lease_namespace"],
+        identity=opts["lease_identity"],
+        name=opts["lease_name"],
+        advertise_url=advertise_url(opts["advertise_url"], os.environ, settings.port),
+        timing=timing,
         on_started_leading=started_leading,
         on_stopped_leading=stopped_leading,
     )
     service.leadership = elector
-    task = asyncio.create_task(elector.run(stop), name="leader-election")
+    campaign = asyncio.Event()
+    task = asyncio.create_task(elector.run(campaign), name="leader-election")
     try:
         await _first(stop.wait(), failure.wait(), asyncio.wait([task]))
     finally:
-        stop.set()
-        await stopped_leading()
+        campaign.set()  # run() releases the Lease (a standby takes over at once) and returns
         try:
-            await asyncio.wait_for(task, timeout=5)
+            await asyncio.wait_for(task, timeout=timing.renew_deadline + 5)
         except (TimeoutError, asyncio.CancelledError):
             task.cancel()
-        await elector.release()
+        await stopped_leading()
     return failure.is_set()
 
 

@@ -50,6 +50,18 @@ def check_http_url(url: str, name: str) -> str:
     return url.rstrip("/")
 
 
+def check_http_urls(value: str, name: str) -> str:
+    """A comma-separated list of http(s) base URLs (config service replicas), normalised to
+    ``"a,b"``; one URL comes back exactly as :func:`check_http_url` returns it."""
+    items = [item.strip() for item in value.split(",")]
+    if any(not item for item in items):
+        raise ConfigError(f"{name}={natsconn.redact_url(value)!r} has an empty entry in its comma list")
+    urls = [check_http_url(item, name) for item in items]
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{name}={natsconn.redact_url(value)!r} lists a URL twice")
+    return ",".join(urls)
+
+
 def check_nats(url: str, auth: NatsAuth) -> tuple[str, NatsAuth]:
     """The shared NATS option checks (natsconn), as a one-line ConfigError."""
     if not url.startswith(tuple(f"{s}://" for s in natsconn.SCHEMES)):

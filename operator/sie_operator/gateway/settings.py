@@ -16,7 +16,7 @@ from sie_operator.natsconn import NatsAuth
 
 from ..protocol.deltas import parse_producer_list
 from ..settingsparse import ConfigError as ConfigError  # re-exported: what from_args raises
-from ..settingsparse import check_http_url, check_nats, default_instance_id, env_bool, parse_number
+from ..settingsparse import check_http_urls, check_nats, default_instance_id, env_bool, parse_number
 from .auth import AuthConfigError, AuthPolicy, parse_tokens
 from .discovery import WorkerUrlError, parse_worker_urls
 
@@ -55,7 +55,11 @@ class GatewaySettings:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="listen address (SIE_GATEWAY_HOST, default 0.0.0.0)")
     p.add_argument("--port", "-p", help="listen port (SIE_GATEWAY_PORT, default 8080)")
-    p.add_argument("--config-service-url", help="config service base URL (SIE_CONFIG_SERVICE_URL, required)")
+    p.add_argument(
+        "--config-service-url",
+        help="config service base URL, or a comma list of replicas to fail over between "
+        "(SIE_CONFIG_SERVICE_URL, required)",
+    )
     p.add_argument(
         "--admin-token",
         help="admin routes, and the config service bearer when no export token is given "
@@ -209,7 +213,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         )
     )
     return GatewaySettings(
-        config_url=check_http_url(config_url, "SIE_CONFIG_SERVICE_URL"),
+        config_url=check_http_urls(config_url, "SIE_CONFIG_SERVICE_URL"),
         host=pick(args.host, "SIE_GATEWAY_HOST", "0.0.0.0") or "0.0.0.0",
         port=int(parse_number(pick(args.port, "SIE_GATEWAY_PORT", "8080"), "--port", integer=True)),
         admin_token=admin,

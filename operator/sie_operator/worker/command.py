@@ -25,7 +25,7 @@ from sie_operator.protocol.deltas import parse_producer_list
 from sie_operator.protocol.natsfeed import NatsFeed
 from sie_operator.settingsparse import (
     ConfigError,
-    check_http_url,
+    check_http_urls,
     check_nats,
     default_instance_id,
     env_bool,
@@ -45,7 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", "-p", default="8080", help="listen port (default 8080)")
     p.add_argument("--nats-url", help="NATS URL (SIE_NATS_URL); without it only the epoch poller syncs")
     natsconn.add_arguments(p)
-    p.add_argument("--config-url", help="config service base URL (SIE_CONFIG_SERVICE_URL, required)")
+    p.add_argument(
+        "--config-url",
+        help="config service base URL, or a comma list of replicas to fail over between "
+        "(SIE_CONFIG_SERVICE_URL, required)",
+    )
     p.add_argument(
         "--admin-token",
         help="bearer for the config service when no export token is given "
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         config_url = args.config_url or env.get("SIE_CONFIG_SERVICE_URL") or env.get("SIE_CONFIG_URL")
         if not config_url:
             raise ConfigError("the config service URL is required (--config-url or SIE_CONFIG_SERVICE_URL)")
-        config_url = check_http_url(config_url, "--config-url")
+        config_url = check_http_urls(config_url, "--config-url")
         bundle = check_bundle_name(args.bundle or env.get("SIE_BUNDLE") or "default")
         port = int(parse_number(args.port, "--port", integer=True, minimum=0))
         instances = int(parse_number(args.instances, "--instances", integer=True, minimum=1))

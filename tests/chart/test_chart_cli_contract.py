@@ -25,7 +25,7 @@ from sie_operator.protocol.deltas import is_trusted, parse_producer_list
 POD = "pod-7d4b9"
 FIELDS = {"metadata.name": POD, "metadata.namespace": NAMESPACE, "status.podIP": "10.0.0.7"}
 ALL_VALUES = load_yaml(CHART / "ci" / "all-values.yaml")
-CONFIGS = {
+CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "cluster-wide": {"rbac.clusterWide": True},
     "workers": {"workers.enabled": True, "workers.bundles": {"default": 1, "sglang": 1}},
@@ -133,7 +133,7 @@ def test_image_user_matches_the_chart() -> None:
             assert ctx["runAsUser"] == ctx["runAsGroup"] == ctx["fsGroup"] == 10001
 
 
-HA_CONFIGS = {
+HA_CONFIGS: dict[str, dict[str, Any]] = {
     "ha": {"ha.enabled": True, "workers.enabled": True},
     "ha-external-creds": {
         "ha.enabled": True,

@@ -10,9 +10,12 @@ test_chart_cli_contract.py.
 
 from __future__ import annotations
 
+import base64
 import json
+from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from chartlib import (
     CHART,
@@ -30,6 +33,11 @@ from chartlib import (
     render,
     selects,
 )
+from nats.js.api import StorageType, StreamConfig
+
+from sie_operator.devcluster.natsserver import nats_server_binary
+from sie_operator.devcluster.ports import free_port, wait_port
+from sie_operator.devcluster.procs import ServerProcess
 
 NATS = f"{FULLNAME}-nats"
 EXTERNAL = {
@@ -242,3 +250,38 @@ def test_schema_rejects_bad_ha_values(bad: list[str]) -> None:
     res = helm("template", "x", str(CHART), *bad, check=False)
     assert res.returncode != 0, f"{bad} was accepted"
     assert "values don't meet the specifications of the schema" in res.stderr, res.stderr
+
+
+async def test_builtin_nats_conf_in_ha_gives_the_login_a_file_jetstream(tmp_path: Path) -> None:
+    """The rendered nats.conf, run by the real nats-server with the generated login in its
+    environment (as the pod gets it): the login may create a file-backed stream, which is
+    what the operator's jetstream:// store needs."""
+    objs = render({"ha.enabled": True})
+    conf_text = one(objs, "ConfigMap", f"{NATS}-config")["data"]["nats.conf"]
+    assert "store_dir: /data/jetstream" in conf_text
+    conf = tmp_path / "nats.conf"
+    conf.write_text(conf_text.replace("/data/jetstream", str(tmp_path / "js")))
+    login = {k: base64.b64decode(v).decode() for k, v in one(objs, "Secret", NATS)["data"].items()}
+    port = free_port()
+    argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-c", str(conf), "-m", "0"]
+    proc = ServerProcess(argv, name="nats-ha", log_dir=tmp_path / "log", env=login).start()
+    try:
+        assert wait_port("127.0.0.1", port, 10), proc.log_tail()
+        nc = await nats.connect(
+            f"nats://127.0.0.1:{port}",
+            user=login["SIE_NATS_USER"],
+            password=login["SIE_NATS_PASSWORD"],
+            allow_reconnect=False,
+            connect_timeout=3,
+        )
+        try:
+            js = nc.jetstream()
+            stream = StreamConfig(name="sie-config", subjects=["sie.t.>"], storage=StorageType.FILE)
+            await js.add_stream(stream)
+            ack = await js.publish("sie.t.x", b"1")
+            assert ack.stream == "sie-config" and ack.seq == 1
+        finally:
+            await nc.close()
+        assert any((tmp_path / "js").rglob("*")), "JetStream wrote nothing under store_dir"
+    finally:
+        proc.stop()

@@ -48,6 +48,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "tokens": {"auth.adminToken.existingSecret": "a", "auth.authToken.existingSecret": "b"},
     "no-persistence": {"store.persistence.enabled": False},
     "all": dict(ALL_VALUES),
+    "ha": {"ha.enabled": True, "workers.enabled": True, "networkPolicy.enabled": True},
+    "ha-external-creds": {
+        "ha.enabled": True,
+        "ha.antiAffinity": "hard",
+        "nats.external.url": "nats://nats.nats-system.svc:4222",
+        "nats.external.credsSecret.name": "nats-creds",
+    },
 }
 
 
@@ -163,3 +170,37 @@ def test_helm_install_and_uninstall(control_plane: Any, k8s_namespace: str) -> N
     assert res.returncode == 0, res.stderr
     left = control_plane.kubectl("get", "deploy", "-n", k8s_namespace, "-o", "name").stdout
     assert f"deployment.apps/{FULLNAME}" not in left.splitlines()
+
+
+def test_helm_install_ha_and_its_lease_rights(control_plane: Any, k8s_namespace: str) -> None:
+    """ha.enabled installs; NOTES say who leads; the operator's ServiceAccount may create a
+    Lease and get/update its own, and nothing else on leases (the API server's RBAC says so)."""
+    env = control_plane.env()
+    res = subprocess.run(
+        [helm_bin(), "--kubeconfig", str(control_plane.kubeconfig), "--namespace", k8s_namespace,
+         "install", RELEASE, str(CHART), "--set", "ha.enabled=true"],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "High availability: 2 operator replicas" in res.stdout
+    assert f"kubectl -n {k8s_namespace} get lease {FULLNAME}" in res.stdout
+    assert "single point of failure" in res.stdout  # the built-in NATS holds the store
+    got = control_plane.kubectl("get", "pdb,role,pvc", "-n", k8s_namespace, "-o", "name").stdout.split()
+    assert f"poddisruptionbudget.policy/{FULLNAME}" in got
+    assert f"role.rbac.authorization.k8s.io/{FULLNAME}-leader-election" in got
+    assert f"persistentvolumeclaim/{FULLNAME}-nats-jetstream" in got
+    assert f"persistentvolumeclaim/{FULLNAME}-store" not in got
+    sa = f"system:serviceaccount:{k8s_namespace}:{FULLNAME}"
+
+    def can(verb: str, resource: str) -> bool:
+        out = control_plane.kubectl(
+            "auth", "can-i", verb, resource, "-n", k8s_namespace, "--as", sa, check=False
+        ).stdout.strip()
+        return out == "yes"
+
+    assert can("create", "leases.coordination.k8s.io")
+    assert can("get", f"leases.coordination.k8s.io/{FULLNAME}")
+    assert can("update", f"leases.coordination.k8s.io/{FULLNAME}")
+    assert not can("update", "leases.coordination.k8s.io/someone-else")
+    assert not can("delete", f"leases.coordination.k8s.io/{FULLNAME}")
+    assert not can("list", "leases.coordination.k8s.io")

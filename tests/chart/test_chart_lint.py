@@ -15,7 +15,7 @@ import pytest
 from chartlib import CHART, helm, load_yaml
 
 
-@pytest.mark.parametrize("values_file", [None, "ci/all-values.yaml"])
+@pytest.mark.parametrize("values_file", [None, "ci/all-values.yaml", "ci/ha-values.yaml"])
 def test_helm_lint_strict(values_file: str | None) -> None:
     extra = ["--values", str(CHART / values_file)] if values_file else []
     res = helm("lint", "--strict", str(CHART), *extra, check=False)

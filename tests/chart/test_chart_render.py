@@ -54,6 +54,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     # the ci/ values file (everything on), passed key by key
     "all": {k: v for k, v in ALL_VALUES.items()},
+    # high availability on the built-in NATS, and on an external cluster with a .creds file
+    "ha": {"ha.enabled": True},
+    "ha-external": {
+        "ha.enabled": True,
+        "nats.external.url": "nats://nats.nats.svc:4222",
+        "nats.external.credsSecret.name": "sie-nats-creds",
+        "workers.enabled": True,
+        "networkPolicy.enabled": True,
+    },
 }
 
 

@@ -9,6 +9,7 @@ real ``config-api`` processes on one bundles directory and SIGKILLs the one in u
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
 import signal
@@ -21,8 +22,10 @@ from aiohttp import web
 from gw_cluster import ADMIN, EXTRA_BUNDLE, acked, http_json, model_yaml, wait_for
 
 from sie_operator.catalog.bundles import shipped_bundles_dir
+from sie_operator.cli import UsageError
 from sie_operator.devcluster.ports import free_port
 from sie_operator.devcluster.procs import ServerProcess, sie_operator_argv
+from sie_operator.gateway import settings as gateway_settings
 from sie_operator.protocol.configclient import (
     ConfigServiceClient,
     ConfigServiceError,
@@ -30,6 +33,7 @@ from sie_operator.protocol.configclient import (
     split_base_urls,
 )
 from sie_operator.settingsparse import ConfigError, check_http_urls
+from sie_operator.worker import command as worker_command
 
 EPOCH = "/v1/configs/epoch"
 
@@ -263,3 +267,20 @@ def test_gateway_and_worker_keep_syncing_when_their_config_replica_dies(two: Two
     assert "switching to " + two.url(1) in gateway.log_tail(200)
     assert "switching to " + two.url(0) in worker.log_tail(200)  # first past the dead URL
     assert "switching to " + two.url(1) in worker.log_tail(200)
+
+
+# -- the command lines -------------------------------------------------------------------------
+def test_gateway_and_worker_take_the_list_from_flag_or_environment() -> None:
+    parser = argparse.ArgumentParser()
+    gateway_settings.add_arguments(parser)
+    env = {"SIE_CONFIG_SERVICE_URL": "http://op-0:8080/, http://op-1:8080", "SIE_NATS_URL": "nats://n:4222"}
+    s = gateway_settings.from_args(parser.parse_args([]), env)
+    assert s.config_url == "http://op-0:8080,http://op-1:8080"
+    with pytest.raises(ConfigError, match="empty entry"):
+        gateway_settings.from_args(parser.parse_args(["--config-service-url", "http://a,"]), env)
+
+    wparser = argparse.ArgumentParser()
+    worker_command.add_arguments(wparser)
+    with pytest.raises(UsageError) as err:
+        worker_command.run(wparser.parse_args(["--config-url", "http://a,ftp://b"]))
+    assert "--config-url='ftp://b' is not an http(s):// URL" in str(err.value)

@@ -84,6 +84,46 @@ app.kubernetes.io/part-of: sie-operator
 {{- if and .Values.nats.builtin.enabled (not .Values.nats.external.url) -}}true{{- end -}}
 {{- end -}}
 
+{{/* HA ------------------------------------------------------------------------------- */}}
+
+{{/* "true" in HA mode, after the checks that make it coherent (one-line failures). */}}
+{{- define "sie-operator.ha" -}}
+{{- if .Values.ha.enabled -}}
+{{- if not (include "sie-operator.natsUrl" .) -}}
+{{- fail "ha.enabled keeps the store in NATS JetStream: set nats.external.url or nats.builtin.enabled=true" -}}
+{{- end -}}
+{{- if and (include "sie-operator.builtinNats" .) (gt (int .Values.ha.storeReplicas) 1) -}}
+{{- fail "ha.storeReplicas > 1 needs a NATS cluster: the built-in NATS is one node; set nats.external.url" -}}
+{{- end -}}
+{{- if and .Values.ha.podDisruptionBudget.enabled (ge (int .Values.ha.podDisruptionBudget.minAvailable) (int .Values.ha.replicas)) -}}
+{{- fail "ha.podDisruptionBudget.minAvailable must be below ha.replicas, or no node could ever be drained" -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* JetStream stream replicas of the store: ha.storeReplicas, or 3 on an external cluster and
+1 on the built-in single node. */}}
+{{- define "sie-operator.storeReplicas" -}}
+{{- if gt (int .Values.ha.storeReplicas) 0 -}}
+{{- int .Values.ha.storeReplicas -}}
+{{- else if include "sie-operator.builtinNats" . -}}
+1
+{{- else -}}
+3
+{{- end -}}
+{{- end -}}
+
+{{- define "sie-operator.leaseName" -}}
+{{- .Values.ha.leaseName | default (include "sie-operator.fullname" .) -}}
+{{- end -}}
+
+{{/* Does the built-in NATS run JetStream (it then holds the HA store)? */}}
+{{- define "sie-operator.builtinJetStream" -}}
+{{- if and .Values.ha.enabled (include "sie-operator.builtinNats" .) -}}true{{- end -}}
+{{- end -}}
+{{- define "sie-operator.natsJetStreamClaimName" -}}{{ include "sie-operator.natsName" . }}-jetstream{{- end -}}
+
 {{- define "sie-operator.watchNamespaces" -}}
 {{- if .Values.watchNamespaces -}}
 {{- toJson (uniq .Values.watchNamespaces) -}}
@@ -156,7 +196,17 @@ none (external NATS without nats.external.existingSecret). */}}
 {{- if include "sie-operator.builtinNats" . -}}
 {{- .Values.nats.builtin.auth.existingSecret | default (printf "%s-nats" (include "sie-operator.fullname" .)) -}}
 {{- else if .Values.nats.external.url -}}
+{{- if and .Values.nats.external.existingSecret .Values.nats.external.credsSecret.name -}}
+{{- fail "nats.external: give existingSecret (user/password) or credsSecret (.creds file), not both" -}}
+{{- end -}}
 {{- .Values.nats.external.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with the external NATS .creds file; "" when none. */}}
+{{- define "sie-operator.natsCredsSecret" -}}
+{{- if and .Values.nats.external.url (not (include "sie-operator.builtinNats" .)) -}}
+{{- .Values.nats.external.credsSecret.name -}}
 {{- end -}}
 {{- end -}}
 
@@ -173,6 +223,27 @@ none (external NATS without nats.external.existingSecret). */}}
       name: {{ . }}
       key: SIE_NATS_PASSWORD
 {{- end }}
+{{- if include "sie-operator.natsCredsSecret" . }}
+- name: SIE_NATS_CREDS
+  value: /etc/sie/nats/{{ .Values.nats.external.credsSecret.key }}
+{{- end }}
+{{- end -}}
+
+{{/* The .creds volume and its mount (nothing without credsSecret); call with nindent. */}}
+{{- define "sie-operator.natsCredsVolume" -}}
+{{- with include "sie-operator.natsCredsSecret" . -}}
+- name: nats-creds
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+{{- define "sie-operator.natsCredsMount" -}}
+{{- if include "sie-operator.natsCredsSecret" . -}}
+- name: nats-creds
+  mountPath: /etc/sie/nats
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* The built-in nats-server's configuration: clients must log in. */}}
@@ -183,6 +254,12 @@ authorization {
   user: $SIE_NATS_USER
   password: $SIE_NATS_PASSWORD
 }
+{{- if include "sie-operator.builtinJetStream" . }}
+# ha.enabled: the operator's store is a JetStream stream on this server.
+jetstream {
+  store_dir: /data/jetstream
+}
+{{- end }}
 {{- end -}}
 
 {{/* A Secret's existing data (kept across `helm upgrade`), or an empty dict at install. */}}
@@ -200,6 +277,17 @@ authorization {
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+{{- end -}}
+
+{{- define "sie-operator.leaseRules" -}}
+# Leader election (ha.enabled): create the Lease once, then read and renew that one Lease.
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create"]
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  resourceNames: [{{ include "sie-operator.leaseName" . | quote }}]
+  verbs: ["get", "update"]
 {{- end -}}
 
 {{/* The operator's rules in each namespace it serves (Role or ClusterRole). Exactly the verbs it

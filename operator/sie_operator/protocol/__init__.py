@@ -1,6 +1,7 @@
 """The SIE fleet protocol: what gateways, workers and the operator share, one floor below them.
 
-- ``configclient``: the config service's read API (bootstrap, epoch, export);
+- ``configclient``: the config service's read API (bootstrap, epoch, export), failing over
+  between several config-service URLs;
 - ``deltas``: the NATS config delta subjects and payloads, producer trust, epoch steps;
 - ``mirror``: a registry mirror kept current from bootstrap, deltas and epoch polls;
 - ``natsfeed``: a NATS subscription that survives reconnects;

@@ -18,7 +18,9 @@ the first header: a message at sequence ``s`` always has epoch ``s + C`` for one
 ``C`` (0 for a stream this code created), so epochs stay unique and dense even when two
 writers race and parts of their batches interleave.
 
-A batch of k writes is pipelined (k publishes expecting s, s+1, ...; then k acks). Only a
+A batch of k writes is pipelined (k publishes expecting s, s+1, ...; then k acks; the acks
+come back on one reply subscription of our own: nats-py's ``publish_async`` never resolves
+a refused publish, it raises the refusal inside its reply callback). Only a
 fully acknowledged batch is applied directly by the writer. On any failure the store is
 *behind*: it waits until its follower has received everything up to the stream's end,
 and the service absorbs those records (its own writes that landed among them, recognised
@@ -51,7 +53,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client as NATS
@@ -200,6 +201,8 @@ class JetStreamStore:
         self._restored: list[StoredModel] | None = None
         self._bad_records = 0
         self._watch: tuple[float, int] = (0.0, 0)  # (last check, delivered then)
+        self._reply_prefix = ""
+        self._acks: dict[str, asyncio.Future[int]] = {}  # reply token -> stream sequence
 
     # -- status --------------------------------------------------------------------------
     @property
@@ -258,6 +261,7 @@ class JetStreamStore:
                     reconnect_time_wait=1,
                     connect_timeout=2,
                     error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
                 )
                 break
             except Exception as exc:
@@ -271,6 +275,8 @@ class JetStreamStore:
         self._nc = nc
         self._js = nc.jetstream(timeout=self.op_timeout)
         try:
+            self._reply_prefix = nc.new_inbox()
+            await nc.subscribe(self._reply_prefix + ".*", cb=self._on_ack)
             await self._ensure_stream(deadline)
             await self._subscribe(1)
             await self.catch_up(max(self.op_timeout, deadline - time.monotonic()))
@@ -381,6 +387,34 @@ class JetStreamStore:
         self._progress.set()
         self._records.set()
 
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self._acks.pop(msg.subject.rpartition(".")[2], None)
+        if fut is None or fut.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            fut.set_exception(StoreError("no JetStream responder for the stream (no stream leader?)"))
+            return
+        try:
+            resp = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            fut.set_exception(StoreError(f"unreadable JetStream acknowledgement {msg.data[:80]!r}"))
+            return
+        err = resp.get("error") if isinstance(resp, dict) else None
+        if err:
+            code = int(err.get("err_code") or 0)
+            fut.set_exception(AppendRefused(code, str(err.get("description") or err)))
+        elif isinstance(resp, dict) and isinstance(resp.get("seq"), int):
+            fut.set_result(resp["seq"])
+        else:
+            fut.set_exception(StoreError(f"unexpected JetStream acknowledgement {resp!r}"))
+
+    async def _on_disconnected(self) -> None:
+        """Appends in flight on a lost connection get no ack: fail them now, not at the timeout."""
+        acks, self._acks = self._acks, {}
+        for fut in acks.values():
+            if not fut.done():
+                fut.set_exception(StoreError("NATS connection lost before the acknowledgement"))
+
     async def _on_error(self, exc: Exception) -> None:
         log.warning("JetStream store NATS %s: %s", self.shown_url, redact_url(str(exc)) or type(exc).__name__)
 
@@ -414,11 +448,16 @@ class JetStreamStore:
         If it makes no progress for a while, re-create it from the last delivered
         sequence once; StoreError if the stream cannot be reached or the end not reached."""
         deadline = time.monotonic() + within
-        try:
-            last = await asyncio.wait_for(self._stream_last_seq(), self.op_timeout)
-        except Exception as exc:
-            why = redact_url(str(exc)) or type(exc).__name__
-            raise StoreError(f"cannot read the JetStream stream {self.stream}: {why}") from None
+        while True:  # a reconnect or a stream leader election can take a few seconds
+            try:
+                remaining = deadline - time.monotonic()
+                last = await asyncio.wait_for(self._stream_last_seq(), max(0.1, min(remaining, 2.0)))
+                break
+            except Exception as exc:
+                if time.monotonic() + 0.2 >= deadline:
+                    why = redact_url(str(exc)) or type(exc).__name__
+                    raise StoreError(f"cannot read the JetStream stream {self.stream}: {why}") from None
+                await asyncio.sleep(0.2)
         resubscribed = False
         stall = min(2.0, within / 2)
         while self._delivered < last:
@@ -458,38 +497,44 @@ class JetStreamStore:
         first = epoch - k + 1
         if first != self.state.epoch + 1:
             raise StoreError(f"epoch {first} does not follow the stored epoch {self.state.epoch}")
+        nc = self._nc
+        assert nc is not None
+        loop = asyncio.get_running_loop()
         tags = []
-        futures: list[asyncio.Future[Any]] = []
+        futures: list[asyncio.Future[int]] = []
         error: str | None = None
         try:
             for i, (mid, text) in enumerate(writes):
                 self._writes += 1
                 tag = f"{self.writer_id}:{self._writes}"
                 tags.append(tag)
-                key = model_key(mid)
-                headers = append_headers(base + i, self.state.subject_seqs.get(key, 0))
-                fut = await self._js.publish_async(
-                    subject_for(self.stream, mid), encode_record(mid, text, first + i, tag), headers=headers
-                )
+                headers = append_headers(base + i, self.state.subject_seqs.get(model_key(mid), 0))
+                fut: asyncio.Future[int] = loop.create_future()
+                token = f"{self.writer_id}{self._writes}"
+                self._acks[token] = fut
                 futures.append(fut)
+                await nc.publish(
+                    subject_for(self.stream, mid),
+                    encode_record(mid, text, first + i, tag),
+                    reply=f"{self._reply_prefix}.{token}",
+                    headers=headers,
+                )
         except Exception as exc:
             error = f"publish failed: {redact_url(str(exc)) or type(exc).__name__}"
-        results: list[Any] = []
+        results: list[int | BaseException] = []
         if futures:
             _, pending = await asyncio.wait(futures, timeout=self.op_timeout)
-            for f in pending:
-                f.cancel()
             for f in futures:
                 if f in pending:
+                    f.cancel()
                     results.append(TimeoutError("no acknowledgement from JetStream"))
                 elif f.cancelled():
                     results.append(TimeoutError("cancelled"))
                 else:
                     results.append(f.exception() or f.result())
-        acked = [
-            r.seq if not isinstance(r, BaseException) and getattr(r, "seq", None) == base + 1 + i else None
-            for i, r in enumerate(results)
-        ]
+            for t in [t for t, f in self._acks.items() if f.done()]:
+                del self._acks[t]
+        acked = [r if r == base + 1 + i else None for i, r in enumerate(results)]
         if error is None and len(acked) == k and all(a is not None for a in acked):
             for i, (mid, _) in enumerate(writes):
                 self.state.subject_seqs[model_key(mid)] = base + 1 + i
@@ -501,7 +546,7 @@ class JetStreamStore:
             error = _describe_failure(bad)
         self._behind = error
         log.warning("JetStream store %s: append refused or unconfirmed (%s); catching up", self.stream, error)
-        await self.catch_up(self.op_timeout)  # StoreError if it cannot: writes stay unanswered
+        await self.catch_up(2 * self.op_timeout)  # StoreError if it cannot: writes stay unanswered
         landed = landed_epochs(tags, [r for r in self._inbox if r.seq > self.state.applied_seq])
         return CommitResult(landed, False)
 
@@ -546,11 +591,17 @@ class JetStreamStore:
         self._opened = False
 
 
-def _describe_failure(exc: Any) -> str:
-    if isinstance(exc, nats.js.errors.APIError) and exc.err_code == WRONG_LAST_SEQUENCE:
-        return f"another writer appended first ({exc.description})"
-    if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
-        return "no JetStream responder for the stream (no stream leader?)"
+class AppendRefused(StoreError):
+    """JetStream refused an append (``code`` 10071: an expected sequence did not match)."""
+
+    def __init__(self, code: int, description: str) -> None:
+        self.code = code
+        super().__init__(f"JetStream refused the append: {description} (error {code})")
+
+
+def _describe_failure(exc: int | BaseException) -> str:
+    if isinstance(exc, AppendRefused) and exc.code == WRONG_LAST_SEQUENCE:
+        return f"another writer appended first ({exc})"
     if isinstance(exc, BaseException):
         return redact_url(str(exc)) or type(exc).__name__
-    return f"unexpected acknowledgement {exc!r}"
+    return f"acknowledged at an unexpected stream sequence {exc}"

@@ -278,7 +278,15 @@ class JetStreamStore:
             self._reply_prefix = nc.new_inbox()
             await nc.subscribe(self._reply_prefix + ".*", cb=self._on_ack)
             await self._ensure_stream(deadline)
-            await self._subscribe(1)
+            while True:  # the consumer create can time out while a restarted node catches up
+                try:
+                    await self._subscribe(1)
+                    break
+                except Exception as exc:
+                    if time.monotonic() > deadline:
+                        why = redact_url(str(exc)) or type(exc).__name__
+                        raise StoreError(f"cannot follow the JetStream stream {self.stream}: {why}") from None
+                    await asyncio.sleep(0.5)
             await self.catch_up(max(self.op_timeout, deadline - time.monotonic()))
         except BaseException:
             await self.close()

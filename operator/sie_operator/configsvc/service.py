@@ -18,7 +18,8 @@ records other replicas wrote, in stream order, under the same lock as the write 
 a plan always sees everything applied before it; the epoch only moves forward. An append
 the stream refuses (another writer was first) or cannot confirm makes the service absorb
 what did land (its own writes among it) and refuse the rest: the refused writes are
-retried once, re-planned against the absorbed state, then answered ``store_conflict``.
+re-planned against the absorbed state and retried (a few times), then answered
+``503 store_conflict``.
 
 Leadership: ``leadership`` (``None``: always writable) gates every write before it is
 queued and again right before the store append; see ``leadership.py``.
@@ -68,6 +69,7 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 HEAL_BACKOFF_MAX = 10.0  # seconds between attempts to heal a broken store, at most
+CONFLICT_RETRIES = 3  # times a write refused by a shared store is re-planned before a 503
 
 PUBLISH_PARTIAL = (
     "nats_publish_partial: Config persisted but NATS notification failed for bundle(s) {bundles!r}. "
@@ -123,7 +125,7 @@ class _Pending:
     source: Source
     future: asyncio.Future[ApplyResult]
     key: str | None  # lower-cased model id, to keep two writes of one model apart
-    attempts: int = 0  # store conflicts so far (a write is retried once after absorbing)
+    attempts: int = 0  # store conflicts so far (re-planned after absorbing, CONFLICT_RETRIES times)
 
 
 @dataclass
@@ -658,7 +660,7 @@ class ConfigService:
     ) -> None:
         """After an append that did not land whole and in order: apply what the stream now
         holds (other writers' records and those of ours that landed), answer our landed
-        writes from it, retry each refused write once (re-planned), then refuse it."""
+        writes from it, retry each refused write (re-planned) a few times, then refuse it."""
         registry = self.registry
         assert registry is not None and self.store is not None
         self._apply_records(self.store.drain())
@@ -669,8 +671,8 @@ class ConfigService:
                 assert entry is not None
                 hashes = {b: registry.bundle_hash(b) for b in plan.bundles} if want_hashes else {}
                 applied.append(_Applied(item, plan, entry, epoch, hashes))
-            elif item.attempts == 0 and not item.future.done():
-                item.attempts = 1
+            elif item.attempts < CONFLICT_RETRIES and not item.future.done():
+                item.attempts += 1
                 retry.append(item)
             elif not item.future.done():
                 item.future.set_exception(

@@ -8,7 +8,6 @@ clustering and compare-and-set checks; a fake would only test our reading of the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,6 @@ from sie_operator.store.jetstream import (
     parse_location,
     subject_for,
 )
-
-
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    with NatsCluster(3, tmp_path_factory.mktemp("natscluster")) as cluster:
-        yield cluster
 
 
 async def _json(resp: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from cfgsvc_helpers import ADMIN, BERT, MakeApi, model_yaml
+from cfgsvc_helpers import ADMIN, BERT, SGLANG, MakeApi, model_yaml
 from jetstream_helpers import js_api, stream_name, until
 
 from sie_operator.configsvc.leadership import NotLeader, StaticLeadership
@@ -336,3 +336,65 @@ async def test_not_leader_answer_shape(make_api: MakeApi, nats_cluster: NatsClus
     # reads are served by every replica
     assert (await api.client.get("/v1/configs/epoch")).status == 200
     assert api.service.epoch == 0
+
+
+# -- parity with the directory store ----------------------------------------------------------
+
+
+async def test_same_answers_epochs_restore_and_deltas_as_the_directory_store(
+    make_api: MakeApi, nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """One sequence of writes against each backend: the HTTP answers, the NATS deltas, the
+    export and the per-model epochs after a restart are identical."""
+    import nats
+
+    writes = [
+        model_yaml("p/one"),
+        model_yaml("p/two", {**_profile("default"), "sg": {"adapter_path": SGLANG}}),
+        model_yaml("p/one", _profile("fast", 64)),
+        model_yaml("p/one", _profile("fast", 64)),  # a pure replay: 200, no epoch, no delta
+        model_yaml("test/model", _profile("extra", 32)),  # an append to a baseline model
+        model_yaml("p/one", _profile("fast", 65)),  # a conflict: 409, nothing changes
+    ]
+    seen: dict[str, Any] = {}
+    for kind in ("directory", "jetstream"):
+        nc = await nats.connect(servers=nats_cluster.urls.split(","))
+        deltas: list[tuple[str, Any]] = []
+
+        async def on(msg: Any, deltas: list[tuple[str, Any]] = deltas) -> None:
+            deltas.append((msg.subject, orjson.loads(msg.data)))
+
+        await nc.subscribe("sie.config.models.>", cb=on)
+        await nc.flush()
+        stream = stream_name()
+        where: dict[str, Any] = {}
+        if kind == "directory":
+            where = {"store_stream": None, "store_dir": tmp_path / "dir"}
+        api = await js_api(make_api, nats_cluster, stream, **where)
+        answers = []
+        for body in writes:
+            r = await api.post(body)
+            answers.append((r.status, await _json(r)))
+
+        async def all_deltas(deltas: list[tuple[str, Any]] = deltas) -> bool:
+            return len(deltas) >= 10
+
+        await until(all_deltas, 10)
+        await asyncio.sleep(0.2)
+        await nc.close()
+        export = await _json(await api.client.get("/v1/configs/export"))
+        await api.service.stop()
+        again = await js_api(make_api, nats_cluster, stream, **where)
+        restored = await _json(await again.client.get("/v1/configs/export"))
+        registry = again.service.registry
+        assert registry is not None
+        epochs = sorted((e.model_id, e.epoch) for e in registry)
+        for e in (export, restored):
+            e.pop("generated_at")
+        assert restored == export
+        seen[kind] = (answers, deltas, export, epochs)
+    assert seen["jetstream"] == seen["directory"]
+    answers, deltas, export, epochs = seen["jetstream"]
+    assert [s for s, _ in answers] == [201, 201, 201, 200, 201, 409]
+    assert export["epoch"] == 4 and len(deltas) == 10
+    assert ("p/one", 3) in epochs and ("p/two", 2) in epochs and ("test/model", 4) in epochs

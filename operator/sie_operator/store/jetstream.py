@@ -455,6 +455,7 @@ class JetStreamStore:
 
         If it makes no progress for a while, re-create it from the last delivered
         sequence once; StoreError if the stream cannot be reached or the end not reached."""
+        self._require_connection()
         deadline = time.monotonic() + within
         while True:  # a reconnect or a stream leader election can take a few seconds
             try:
@@ -492,9 +493,18 @@ class JetStreamStore:
         self._behind = None
 
     # -- writes ------------------------------------------------------------------------------
-    async def commit(self, writes: Sequence[tuple[str, str]], epoch: int) -> CommitResult:
-        if not self._opened or self._js is None:
+    def _require_connection(self) -> None:
+        """Fail at once while NATS is down: nats-py would buffer the request until reconnected
+        and every write would wait for the full timeout before its 503."""
+        if self._js is None:
             raise StoreError("store is not open")
+        if self._nc is None or not self._nc.is_connected:
+            raise StoreError(f"not connected to NATS at {self.shown_url}")
+
+    async def commit(self, writes: Sequence[tuple[str, str]], epoch: int) -> CommitResult:
+        if not self._opened:
+            raise StoreError("store is not open")
+        self._require_connection()
         if self._behind:
             await self.catch_up(self.op_timeout)  # raises if still failing
             if self._inbox:

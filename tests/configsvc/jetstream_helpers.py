@@ -11,8 +11,6 @@ from typing import Any
 
 from cfgsvc_helpers import Api, MakeApi
 
-from sie_operator.devcluster.natsserver import NatsCluster
-
 _names = itertools.count()
 
 
@@ -29,12 +27,12 @@ async def until(cond: Callable[[], Awaitable[bool]], limit: float = 15.0) -> Non
         await asyncio.sleep(0.05)
 
 
-async def js_api(make_api: MakeApi, cluster: NatsCluster, stream: str, **kw: Any) -> Api:
-    """A started service + HTTP API on ``jetstream://stream`` of ``cluster``, ready (NATS up)."""
+async def js_api(make_api: MakeApi, urls: str, stream: str, **kw: Any) -> Api:
+    """A started service + HTTP API on ``jetstream://stream`` at NATS ``urls``, ready (NATS up)."""
     values: dict[str, Any] = {
         "store_dir": None,
         "store_stream": stream,
-        "nats_url": cluster.urls,
+        "nats_url": urls,
         "producer_id": "sie-config-test",
     }
     values.update(kw)

@@ -17,7 +17,7 @@ from cfgsvc_helpers import ADMIN, BERT, SGLANG, MakeApi, model_yaml
 from jetstream_helpers import js_api, stream_name, until
 
 from sie_operator.configsvc.leadership import NotLeader, StaticLeadership
-from sie_operator.devcluster.natsserver import NatsCluster
+from sie_operator.devcluster.natsserver import NatsCluster, NatsServer
 from sie_operator.store import StoreRecord
 from sie_operator.store.jetstream import (
     FollowState,
@@ -135,14 +135,14 @@ async def test_existing_stream_of_another_kind_is_refused(nats_cluster: NatsClus
 
 async def test_write_restart_restore(make_api: MakeApi, nats_cluster: NatsCluster) -> None:
     name = stream_name()
-    api = await js_api(make_api, nats_cluster, name, store_replicas=3)
+    api = await js_api(make_api, nats_cluster.urls, name, store_replicas=3)
     assert (await api.post(model_yaml("r/one"))).status == 201
     assert (await api.post(model_yaml("r/two"))).status == 201
     assert (await api.post(model_yaml("r/one", _profile("fast", 64)))).status == 201  # epoch 3
     assert (await api.post(model_yaml("r/one", _profile("fast", 64)))).status == 200  # replay
     before = await _json(await api.client.get("/v1/configs/export"))
     await api.service.stop()
-    again = await js_api(make_api, nats_cluster, name, store_replicas=3)
+    again = await js_api(make_api, nats_cluster.urls, name, store_replicas=3)
     after = await _json(await again.client.get("/v1/configs/export"))
     assert after["epoch"] == before["epoch"] == 3
     assert after["models"] == before["models"]
@@ -155,8 +155,8 @@ async def test_write_restart_restore(make_api: MakeApi, nats_cluster: NatsCluste
 async def test_two_replicas_follow_each_other(make_api: MakeApi, nats_cluster: NatsCluster) -> None:
     """Without leadership both may write: every write is seen by the other, epochs equal."""
     name = stream_name()
-    a = await js_api(make_api, nats_cluster, name)
-    b = await js_api(make_api, nats_cluster, name)
+    a = await js_api(make_api, nats_cluster.urls, name)
+    b = await js_api(make_api, nats_cluster.urls, name)
     assert (await a.post(model_yaml("f/one"))).status == 201
     await b.service.catch_up()
     assert (await b.client.get("/v1/configs/models/f/one")).status == 200
@@ -201,8 +201,8 @@ async def test_stale_replica_write_is_fenced_then_retried(
     """A replica whose follower is stalled plans against old content: its append is refused,
     it absorbs the other write and re-plans, and the result merges both: nothing is lost."""
     name = stream_name()
-    a = await js_api(make_api, nats_cluster, name)
-    b = await js_api(make_api, nats_cluster, name)
+    a = await js_api(make_api, nats_cluster.urls, name)
+    b = await js_api(make_api, nats_cluster.urls, name)
     store_b = b.service.store
     assert isinstance(store_b, JetStreamStore)
     await store_b._sub.unsubscribe()  # a follower that stopped receiving (fault injection)
@@ -217,22 +217,30 @@ async def test_stale_replica_write_is_fenced_then_retried(
         assert api.service.epoch == 2
 
 
-async def test_nats_outage_gives_503_then_recovers(make_api: MakeApi, nats_cluster: NatsCluster) -> None:
-    """Writes while the store cannot be reached are refused cleanly (never a 500) and the
-    replica is unready; it recovers by itself."""
-    name = stream_name()
-    api = await js_api(make_api, nats_cluster, name, store_replicas=3)
-    assert (await api.post(model_yaml("o/one"))).status == 201
-    store = api.service.store
-    assert isinstance(store, JetStreamStore)
-    store._behind = "injected"  # what a failed append leaves behind; upkeep must clear it
-    assert (await api.client.get("/readyz")).status == 503
+async def test_nats_outage_gives_503_then_recovers(make_api: MakeApi, tmp_path: Path) -> None:
+    """A real outage (the only NATS server stopped, then started again with its data):
+    writes are refused cleanly, never a 500, the replica is unready; it recovers by itself
+    and nothing acknowledged is lost."""
+    server = NatsServer(log_dir=tmp_path / "nats", extra_args=["-js", "-sd", str(tmp_path / "js")]).start()
+    try:
+        api = await js_api(make_api, server.url, stream_name())
+        assert (await api.post(model_yaml("o/one"))).status == 201
+        server.stop()
+        r = await api.post(model_yaml("o/two"))
+        assert r.status == 503, await r.text()
+        assert (await _json(r))["detail"]["error"] in ("nats_unavailable", "store_unavailable")
+        assert (await api.client.get("/readyz")).status == 503
+        assert (await api.client.get("/healthz")).status == 200  # a restart would not help
+        server.start()
 
-    async def ready() -> bool:
-        return (await api.client.get("/readyz")).status == 200
+        async def ready() -> bool:
+            return (await api.client.get("/readyz")).status == 200
 
-    await until(ready, 10)
-    assert (await api.post(model_yaml("o/two"))).status == 201
+        await until(ready, 20)
+        assert (await api.post(model_yaml("o/two"))).status == 201
+        assert api.service.epoch == 2
+    finally:
+        server.stop()
 
 
 async def test_r3_survives_a_sigkilled_node(make_api: MakeApi, nats_cluster: NatsCluster) -> None:
@@ -240,7 +248,7 @@ async def test_r3_survives_a_sigkilled_node(make_api: MakeApi, nats_cluster: Nat
     continue (a write caught in the kill may get a 503 and is retried, as a client would);
     every acknowledged write is there after a restore from the stream."""
     name = stream_name()
-    api = await js_api(make_api, nats_cluster, name, store_replicas=3, nats_url=nats_cluster.urls)
+    api = await js_api(make_api, nats_cluster.urls, name, store_replicas=3, nats_url=nats_cluster.urls)
     store = api.service.store
     assert isinstance(store, JetStreamStore) and store._nc is not None
     victim = next(i for i in range(3) if str(nats_cluster.nodes[i].port) in str(store._nc.connected_url))
@@ -261,7 +269,7 @@ async def test_r3_survives_a_sigkilled_node(make_api: MakeApi, nats_cluster: Nat
     finally:
         nats_cluster.start_node(victim)
     await api.service.stop()
-    again = await js_api(make_api, nats_cluster, name, store_replicas=3)
+    again = await js_api(make_api, nats_cluster.urls, name, store_replicas=3)
     registry = again.service.registry
     assert registry is not None
     assert {e.model_id for e in registry if e.model_id.startswith("k/")} == set(acked)
@@ -274,7 +282,7 @@ async def test_r3_survives_a_sigkilled_node(make_api: MakeApi, nats_cluster: Nat
 async def test_in_process_write_on_a_standby_raises_not_leader(
     make_api: MakeApi, nats_cluster: NatsCluster
 ) -> None:
-    api = await js_api(make_api, nats_cluster, stream_name())
+    api = await js_api(make_api, nats_cluster.urls, stream_name())
     api.service.leadership = StaticLeadership(False, identity="pod-a")
     with pytest.raises(NotLeader, match="pod-a"):
         await api.service.apply({"sie_id": "l/m", "profiles": _profile("default")})
@@ -283,8 +291,8 @@ async def test_in_process_write_on_a_standby_raises_not_leader(
 
 async def test_standby_forwards_writes_to_the_leader(make_api: MakeApi, nats_cluster: NatsCluster) -> None:
     name = stream_name()
-    leader = await js_api(make_api, nats_cluster, name, admin_token=ADMIN)
-    standby = await js_api(make_api, nats_cluster, name, admin_token=ADMIN)
+    leader = await js_api(make_api, nats_cluster.urls, name, admin_token=ADMIN)
+    standby = await js_api(make_api, nats_cluster.urls, name, admin_token=ADMIN)
     leader_url = str(leader.client.make_url("")).rstrip("/")
     standby.service.leadership = StaticLeadership(False, identity="pod-a", url=leader_url)
     seen: list[str | None] = []
@@ -316,7 +324,7 @@ async def test_standby_forwards_writes_to_the_leader(make_api: MakeApi, nats_clu
 
 
 async def test_not_leader_answer_shape(make_api: MakeApi, nats_cluster: NatsCluster, tmp_path: Path) -> None:
-    api = await js_api(make_api, nats_cluster, stream_name())
+    api = await js_api(make_api, nats_cluster.urls, stream_name())
     api.service.leadership = StaticLeadership(False, identity="pod-b", url=None)
     r = await api.post(model_yaml("n/m"))
     assert r.status == 503 and r.headers["Retry-After"] == "2"
@@ -370,7 +378,7 @@ async def test_same_answers_epochs_restore_and_deltas_as_the_directory_store(
         where: dict[str, Any] = {}
         if kind == "directory":
             where = {"store_stream": None, "store_dir": tmp_path / "dir"}
-        api = await js_api(make_api, nats_cluster, stream, **where)
+        api = await js_api(make_api, nats_cluster.urls, stream, **where)
         answers = []
         for body in writes:
             r = await api.post(body)
@@ -384,7 +392,7 @@ async def test_same_answers_epochs_restore_and_deltas_as_the_directory_store(
         await nc.close()
         export = await _json(await api.client.get("/v1/configs/export"))
         await api.service.stop()
-        again = await js_api(make_api, nats_cluster, stream, **where)
+        again = await js_api(make_api, nats_cluster.urls, stream, **where)
         restored = await _json(await again.client.get("/v1/configs/export"))
         registry = again.service.registry
         assert registry is not None

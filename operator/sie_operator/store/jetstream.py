@@ -60,7 +60,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from sie_operator.natsconn import NatsAuth, bounded_close, connect_options, redact_url
-from sie_operator.store.base import CommitResult, StoreConflict, StoreRecord
+from sie_operator.store.base import CommitResult, StoreRecord
 from sie_operator.store.fs import StoredModel, StoreError
 
 log = logging.getLogger(__name__)
@@ -505,12 +505,13 @@ class JetStreamStore:
         if not self._opened:
             raise StoreError("store is not open")
         self._require_connection()
+        k = len(writes)
         if self._behind:
             await self.catch_up(self.op_timeout)  # raises if still failing
-            if self._inbox:
-                # records to absorb first: the service plans against a stale registry
-                raise StoreConflict("the store was behind the stream; retry")
-        k = len(writes)
+        if any(r.seq > self.state.applied_seq for r in self._inbox):
+            # others' records arrived after the service planned: its plans may be stale, so
+            # append nothing; the service absorbs them and re-plans
+            return CommitResult([None] * k, False)
         base = self.state.applied_seq
         first = epoch - k + 1
         if first != self.state.epoch + 1:

@@ -81,6 +81,7 @@ async def test_stale_writer_is_fenced_and_absorbs(nats_cluster: NatsCluster) -> 
         res = await b.commit([("m/two", "sie_id: m/two\n")], 1)
         assert res.landed == [None] and not res.in_order
         assert [r.model_id for r in b.drain()] == ["m/one"] and b.epoch == 1
+        await a._sub.unsubscribe()  # a's follower stalls: a keeps planning on sequence 1
         assert (await b.commit([("m/two", "sie_id: m/two\n")], 2)).landed == [2]
         # a batch of a stale writer: its first append is refused, its second (another model,
         # expecting the sequence that is now the end) lands, with the epoch of its position

@@ -307,7 +307,8 @@ async def test_standby_forwards_writes_to_the_leader(make_api: MakeApi, nats_clu
     r = await standby.post(model_yaml("p/m"), token=ADMIN, key="k1")
     assert r.status == 201, await r.text()
     assert (await _json(r))["model_id"] == "p/m" and seen == ["leader"]
-    # the leader's own answer is passed back: auth failures too
+    assert r.headers["X-Sie-Forwarded"] == "1"  # answered by the leader
+    # a bad token is refused by the standby itself: nothing unauthenticated is forwarded
     r = await standby.post(model_yaml("p/x"), token="wrong")
     assert r.status in (401, 403)
     # the standby serves the write once its follower has it
@@ -322,6 +323,9 @@ async def test_standby_forwards_writes_to_the_leader(make_api: MakeApi, nats_clu
     )
     assert r.status == 503 and r.headers["Retry-After"] == "2"
     assert (await _json(r))["detail"]["error"] == "not_leader"
+    metrics = (await (await standby.client.get("/metrics")).read()).decode()
+    assert 'sie_config_not_leader_total{outcome="forwarded"} 1.0' in metrics
+    assert 'sie_config_not_leader_total{outcome="refused"} 1.0' in metrics
 
 
 async def test_not_leader_answer_shape(make_api: MakeApi, nats_cluster: NatsCluster, tmp_path: Path) -> None:

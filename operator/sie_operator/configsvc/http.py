@@ -419,7 +419,7 @@ class ConfigApi:
                 request.method, target, data=raw, headers=headers, allow_redirects=False
             ) as resp:
                 body = await resp.read()
-                out = web.Response(body=body, status=resp.status)
+                out = web.Response(body=body, status=resp.status, headers={FORWARDED_HEADER: "1"})
                 for h in ("Content-Type", "Retry-After"):
                     if h in resp.headers:
                         out.headers[h] = resp.headers[h]
@@ -443,7 +443,10 @@ class ConfigApi:
             return raw
         lead = self.service.leadership
         if lead is not None and not lead.may_write():
-            return await self._forward(request, raw)
+            resp = await self._forward(request, raw)
+            forwarded = resp.headers.get(FORWARDED_HEADER) == "1"
+            self.service.metrics.not_leader.labels(outcome="forwarded" if forwarded else "refused").inc()
+            return resp
         key = request.headers.get("Idempotency-Key") or ""
         if not key:
             resp, model_id = await self._execute_add(raw)

@@ -470,6 +470,7 @@ class ConfigService:
         registry = self.registry
         if registry is None or not records:
             return
+        self.metrics.store_followed.inc(len(records))
         for rec in records:
             try:
                 doc = yamlio.load(rec.text)
@@ -674,7 +675,9 @@ class ConfigService:
             elif item.attempts < CONFLICT_RETRIES and not item.future.done():
                 item.attempts += 1
                 retry.append(item)
+                self.metrics.store_conflicts.labels(outcome="retried").inc()
             elif not item.future.done():
+                self.metrics.store_conflicts.labels(outcome="refused").inc()
                 item.future.set_exception(
                     StoreConflict(
                         "another config service replica wrote to the store at the same time; "

@@ -11,6 +11,12 @@ default on). Then, against that server with a real store directory and full dura
 - export latency (GET /v1/configs/export);
 - GET /v1/configs/epoch requests/s.
 
+With ``--replicated`` (a 3-node JetStream cluster on loopback, every server publishing its
+deltas to it): creating POSTs/s sequentially and with 16 clients on the directory store vs
+a ``jetstream://`` store with 1 and 3 replicas; then the memory (RSS) and startup time of a
+standby (a second, follower-only process on the stream) at 10k models, and how long a write
+takes to show on the standby.
+
 Reference (SIE's Python service): ~250 creating POSTs/s at 700 models, ~115/s at 1,300,
 export of 1,300 models in 690 ms. Target here: >= 1,000 POSTs/s sequentially, flat from 1k
 to 10k models, export of 10k models under 300 ms.
@@ -185,6 +191,111 @@ async def export_latency(base: str, headers: dict[str, str], runs: int = 7) -> t
     return statistics.median(times), size, count
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_api(workdir: Path, name: str, env: dict[str, str]) -> tuple[ServerProcess, str, float]:
+    port = free_port()
+    proc = ServerProcess(
+        sie_operator_argv("--log-level", "warning", "config-api", "--host", "127.0.0.1", "--port", str(port)),
+        name=name,
+        log_dir=workdir,
+        env={"SIE_ADMIN_TOKEN": ADMIN, **env},
+    )
+    t0 = time.perf_counter()
+    proc.start()
+    base = f"http://127.0.0.1:{port}"
+    proc.wait_http(f"{base}/readyz", timeout=300)
+    return proc, base, time.perf_counter() - t0
+
+
+async def bench_replicated(args: argparse.Namespace, workdir: Path) -> None:
+    """Directory vs JetStream R1/R3 write rates; a standby's memory at 10k models."""
+    from sie_operator.devcluster.natsserver import NatsCluster
+    from sie_operator.store.jetstream import JetStreamStore
+
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    n = args.posts
+    with NatsCluster(3, workdir / "nats") as cluster:
+        print(f"\n== replicated store: 3-node JetStream cluster on loopback, small bodies, n={n}")
+        stores = [
+            ("directory (journal)", "dir", str(workdir / "ha-dir"), "1"),
+            ("jetstream R1", "js-r1", "jetstream://bench-r1", "1"),
+            ("jetstream R3", "js-r3", "jetstream://bench-r3", "3"),
+        ]
+        for label, name, location, replicas in stores:
+            env = {"SIE_CONFIG_STORE_DIR": location, "SIE_CONFIG_STORE_REPLICAS": replicas}
+            proc, base, _ = start_api(workdir, name, {**env, "SIE_NATS_URL": cluster.urls})
+            try:
+                await post_many(base, bodies(small_doc, "warm", 0, 200), 1, headers)
+                elapsed, lat = await post_many(base, bodies(small_doc, "seq", 0, n), 1, headers)
+                e16, lat16 = await post_many(base, bodies(small_doc, "con", 0, 2 * n), 16, headers)
+                print(
+                    f"  {label:20s} sequential {n / elapsed:6.0f} /s (p50 {pct(lat, 0.5):.2f} ms, "
+                    f"p99 {pct(lat, 0.99):.2f} ms); 16 clients {2 * n / e16:6.0f} /s "
+                    f"(p50 {pct(lat16, 0.5):.2f} ms, p99 {pct(lat16, 0.99):.2f} ms)"
+                )
+            finally:
+                proc.stop()
+
+        size = 10_000
+        store = JetStreamStore(cluster.urls, "bench-standby", replicas=3)
+        await store.open()
+        t0 = time.perf_counter()
+        epoch = 0
+        for start in range(0, size, 64):
+            batch = [
+                (mid, yamlemit.dump(small_doc(mid)))
+                for mid in (model_id("standby", size, i) for i in range(start, min(size, start + 64)))
+            ]
+            epoch += len(batch)
+            result = await store.commit(batch, epoch)
+            assert result.in_order
+        t_load = time.perf_counter() - t0
+        await store.close()
+        env = {"SIE_CONFIG_STORE_DIR": "jetstream://bench-standby", "SIE_CONFIG_STORE_REPLICAS": "3"}
+        env["SIE_NATS_URL"] = cluster.urls
+        writer, wbase, t_writer = start_api(workdir, "writer", env)
+        standby, sbase, t_standby = start_api(workdir, "standby", env)
+        dir_store = workdir / "standby-dir"
+        preload(dir_store, size, small_doc)
+        single, _, t_single = start_api(workdir, "dir-10k", {"SIE_CONFIG_STORE_DIR": str(dir_store)})
+        try:
+            lags = []
+            async with aiohttp.ClientSession() as session:
+                for i in range(50):
+                    body = yamlemit.dump(small_doc(f"lag/m{i}")).encode()
+                    async with session.post(f"{wbase}/v1/configs/models", data=body, headers=headers) as r:
+                        assert r.status == 201, await r.text()
+                        t_acked = time.perf_counter()
+                    while True:
+                        async with session.get(f"{sbase}/v1/configs/epoch", headers=headers) as r:
+                            if (await r.json())["epoch"] >= size + i + 1:
+                                break
+                    lags.append(time.perf_counter() - t_acked)
+            print(
+                f"  10k models in the stream (loaded in {t_load:.1f}s by 64-write batches): writer ready "
+                f"in {t_writer:.1f}s, standby ready in {t_standby:.1f}s; directory store: ready in "
+                f"{t_single:.1f}s"
+            )
+            print(
+                f"  RSS at 10k models: standby {rss_mb(standby.proc.pid):.0f} MB, writer "  # type: ignore[union-attr]
+                f"{rss_mb(writer.proc.pid):.0f} MB, directory-store process "  # type: ignore[union-attr]
+                f"{rss_mb(single.proc.pid):.0f} MB"  # type: ignore[union-attr]
+            )
+            print(
+                f"  write acknowledged on the writer -> visible on the standby: p50 {pct(lags, 0.5):.2f} ms, "
+                f"max {max(lags) * 1000:.2f} ms (n={len(lags)}, includes one HTTP poll)"
+            )
+        finally:
+            for p in (writer, standby, single):
+                p.stop()
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))] * 1000
@@ -266,6 +377,11 @@ async def main() -> None:
     ap.add_argument("--body", choices=["small", "catalog"], default="small")
     ap.add_argument("--nats", action="store_true", help="also publish to a real nats-server")
     ap.add_argument("--workdir", type=Path, default=None, help="where stores go (default: a temp dir)")
+    ap.add_argument(
+        "--replicated",
+        action="store_true",
+        help="only the replicated-store figures (directory vs JetStream R1/R3, standby memory)",
+    )
     args = ap.parse_args()
     own_workdir = args.workdir is None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sie-bench-"))
@@ -279,6 +395,9 @@ async def main() -> None:
         nats = NatsServer(log_dir=workdir).start()
         args.nats_url = nats.url
     try:
+        if args.replicated:
+            await bench_replicated(args, workdir)
+            return
         for size in args.sizes:
             await bench_size(args, size, workdir)
     finally:

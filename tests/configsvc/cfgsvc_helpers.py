@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from sie_operator.catalog import yamlio
 from sie_operator.configsvc.service import ConfigService
 from sie_operator.configsvc.settings import Settings
+from sie_operator.store import DirectoryStore, FileStore
 
 BERT = "sie_server.adapters.bert_flash:BertFlashAdapter"
 BERT_MODULE = "sie_server.adapters.bert_flash"
@@ -68,3 +69,9 @@ class Api:
 
 
 MakeApi = Callable[..., Awaitable[Api]]
+
+
+def file_store(service: ConfigService) -> FileStore:
+    """The blocking FileStore under a directory-backed service (to inject faults into)."""
+    assert isinstance(service.store, DirectoryStore)
+    return service.store.file

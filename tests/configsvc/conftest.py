@@ -1,9 +1,10 @@
-"""Fixtures for the config service: the contract's small bundle/model layout, and a real
-aiohttp server on 127.0.0.1 around a started ConfigService."""
+"""Fixtures for the config service: the contract's small bundle/model layout, a real
+aiohttp server on 127.0.0.1 around a started ConfigService, and a 3-node JetStream cluster
+(shared by the session: it takes seconds to elect its leaders; tests use their own streams)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from cfgsvc_helpers import Api, MakeApi, write_layout
 from sie_operator.configsvc.http import build_app
 from sie_operator.configsvc.service import ConfigService
 from sie_operator.configsvc.settings import Settings
+from sie_operator.devcluster.natsserver import NatsCluster
 
 
 @pytest.fixture
@@ -52,3 +54,9 @@ async def make_api(tmp_path: Path, layout: tuple[Path, Path]) -> AsyncIterator[M
     for client, service in reversed(made):
         await client.close()
         await service.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    with NatsCluster(3, tmp_path_factory.mktemp("natscluster")) as cluster:
+        yield cluster

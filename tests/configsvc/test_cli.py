@@ -96,6 +96,11 @@ def test_bad_configuration_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "s3://" in _run_bad(tmp_path, ["--port", port], SIE_CONFIG_STORE_DIR="s3://bucket/prefix")
     assert "NATS URL" in _run_bad(tmp_path, ["--port", port], SIE_NATS_URL="http://x")
     assert "durability" in _run_bad(tmp_path, ["--port", port, "--store-durability", "yolo"])
+    assert "needs a NATS server" in _run_bad(tmp_path, ["--port", port, "--store-dir", "jetstream://cfg"])
+    assert "stream name" in _run_bad(tmp_path, ["--port", port], SIE_CONFIG_STORE_DIR="jetstream://a.b")
+    assert "store_replicas" in _run_bad(
+        tmp_path, ["--port", port, "--store-replicas", "7"], SIE_CONFIG_STORE_DIR="jetstream://c"
+    )
     store = tmp_path / "store"
     (store / "models").mkdir(parents=True, exist_ok=True)
     (store / "epoch").write_text("x1")
@@ -191,3 +196,26 @@ def test_unreachable_nats_neither_blocks_startup_nor_shutdown(tmp_path: Path) ->
         assert proc.proc.wait(timeout=10) == 0
     finally:
         proc.stop()
+
+
+def test_jetstream_store_location_from_flag_or_environment(tmp_path: Path) -> None:
+    import argparse
+
+    from sie_operator.configsvc.command import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert "jetstream://NAME" in parser.format_help() and "--store-replicas" in parser.format_help()
+    env = _env(tmp_path, SIE_NATS_URL="nats://a:4222,nats://b:4222")
+    args = parser.parse_args(["--store-dir", "jetstream://sie-config", "--store-replicas", "3"])
+    s = settings_from_args(args, env)
+    assert (s.store_stream, s.store_dir, s.store_replicas) == ("sie-config", None, 3)
+    assert "store=jetstream://sie-config (R3)" in s.describe()
+    env.update(SIE_CONFIG_STORE_DIR="jetstream://from-env", SIE_CONFIG_STORE_REPLICAS="5")
+    s = settings_from_args(parser.parse_args([]), env)
+    assert (s.store_stream, s.store_dir, s.store_replicas) == ("from-env", None, 5)
+    # a directory flag wins over a jetstream environment variable, and the other way round
+    s = settings_from_args(parser.parse_args(["--store-dir", str(tmp_path / "d")]), env)
+    assert (s.store_stream, s.store_dir) == (None, tmp_path / "d")
+    with pytest.raises(SettingsError, match="needs a NATS server"):
+        Settings.from_env({"SIE_CONFIG_STORE_DIR": "jetstream://x", "HOME": "/h"})

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from cfgsvc_helpers import ADMIN, BERT, INFER, SGLANG, Api, MakeApi, model_yaml
+from cfgsvc_helpers import ADMIN, BERT, INFER, SGLANG, Api, MakeApi, file_store, model_yaml
 
 from sie_operator.catalog.hashing import bundles_hash
 from sie_operator.configsvc.metrics import Metrics
@@ -342,8 +342,7 @@ async def test_store_failure_changes_nothing(make_api: MakeApi, monkeypatch: pyt
     from sie_operator.store import StoreError
 
     api = await make_api()
-    store = api.service.store
-    assert store is not None
+    store = file_store(api.service)
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise StoreError("disk full")  # a fault a healthy test filesystem cannot show

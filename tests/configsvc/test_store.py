@@ -300,3 +300,23 @@ def test_a_store_written_by_sie_has_no_per_model_epochs(tmp_path: Path) -> None:
     store = _open(base)
     assert [(m.model_id, m.epoch) for m in store.load_all()] == [("a/m", None)]
     store.close()
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_each_write_of_a_batch_keeps_its_own_epoch(tmp_path: Path, crash: bool) -> None:
+    """A group commit of k writes at epoch e gives write i epoch e-k+1+i, as the service
+    answered (and as the JetStream store records): a restart, clean or through the journal,
+    reports the same per-model epochs."""
+    base = tmp_path / "s"
+    store = _open(base)
+    store.commit([("b/one", "sie_id: b/one\n")], 1)
+    store.commit([("b/two", "sie_id: b/two\n"), ("b/three", "sie_id: b/three\n"), ("b/one", "x: 1\n")], 4)
+    if crash:
+        store._close_fds()
+        store._release_lock()
+    else:
+        store.close()
+    again = _open(base)
+    assert {m.model_id: m.epoch for m in again.load_all()} == {"b/one": 4, "b/two": 2, "b/three": 3}
+    assert again.epoch == 4
+    again.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from cfgsvc_helpers import BERT, MakeApi, model_yaml
+from cfgsvc_helpers import BERT, MakeApi, file_store, model_yaml
 
 from sie_operator.configsvc.idempotency import CachedResponse, IdempotencyCache, IdempotencyInFlight
 from sie_operator.configsvc.service import ConfigError, ConfigService
@@ -114,7 +114,7 @@ async def test_twins_of_a_failed_request_are_never_told_it_succeeded(
     make_api: MakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api = await make_api()
-    store = api.service.store
+    store = file_store(api.service)
     monkeypatch.setattr(store, "commit", _slow_commit(store, 0.3, fail=True))
     body = model_yaml("twin/m")
     responses = await asyncio.gather(*(api.post(body, key="same") for _ in range(3)))
@@ -132,7 +132,7 @@ async def test_waiting_for_an_in_flight_twin_is_bounded(
     make_api: MakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api = await make_api(idempotency_wait=0.2)
-    store = api.service.store
+    store = file_store(api.service)
     monkeypatch.setattr(store, "commit", _slow_commit(store, 1.0))
     body = model_yaml("slow/m")
     first = asyncio.ensure_future(api.post(body, key="slow"))
@@ -313,17 +313,17 @@ async def test_memory_only_service_still_counts_epochs(layout: tuple[Path, Path]
 async def test_blocking_io_stays_off_the_event_loop(tmp_path: Path, layout: tuple[Path, Path]) -> None:
     """While a slow commit is on disk, the loop keeps serving (the commit runs in a thread)."""
     svc = await _started(_settings(tmp_path, layout))
-    assert svc.store is not None
+    store = file_store(svc)
     loop_thread = threading.get_ident()
     seen: list[int] = []
-    real = svc.store.commit
+    real = store.commit
 
     def commit(*args: Any) -> None:
         seen.append(threading.get_ident())
         time.sleep(0.2)
         real(*args)
 
-    svc.store.commit = commit  # type: ignore[method-assign]
+    store.commit = commit  # type: ignore[method-assign]
     try:
         write = asyncio.ensure_future(
             svc.apply({"sie_id": "t/m", "profiles": {"default": {"adapter_path": BERT}}})

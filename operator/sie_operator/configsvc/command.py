@@ -46,8 +46,14 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", help="baseline model YAML directory [SIE_MODELS_DIR] (default: none)")
     parser.add_argument(
         "--store-dir",
-        help="durable store directory [SIE_CONFIG_STORE_DIR] "
+        help="durable store: a directory, or jetstream://NAME for a replicated JetStream stream NAME on "
+        "--nats-url shared by several replicas [SIE_CONFIG_STORE_DIR] "
         "(default: $XDG_STATE_HOME/sie-operator/config-store)",
+    )
+    parser.add_argument(
+        "--store-replicas",
+        help="replicas of a jetstream:// store's stream, 1-5 (3 survives one NATS node down) "
+        "[SIE_CONFIG_STORE_REPLICAS] (default: 1)",
     )
     parser.add_argument(
         "--restore",
@@ -74,7 +80,7 @@ def settings_from_args(args: argparse.Namespace, env: dict[str, str] | None = No
         "host": args.host,
         "bundles_dir": Path(args.bundles_dir).expanduser() if args.bundles_dir else None,
         "models_dir": Path(args.models_dir).expanduser() if args.models_dir else None,
-        "store_dir": Path(args.store_dir).expanduser() if args.store_dir else None,
+        "store_replicas": args.store_replicas,
         "restore": args.restore,
         "store_durability": args.store_durability,
         "nats_url": args.nats_url,
@@ -87,7 +93,7 @@ def settings_from_args(args: argparse.Namespace, env: dict[str, str] | None = No
         except ValueError:
             raise UsageError(f"--port {args.port!r} is not a port number") from None
     try:
-        return Settings.from_env(env, **overrides)
+        return Settings.from_env(env, store_location=args.store_dir, **overrides)
     except SettingsError as exc:
         raise UsageError(str(exc)) from exc
 

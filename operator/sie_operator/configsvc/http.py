@@ -7,6 +7,14 @@ JSON 500 and a traceback in the server log, never in the response.
 
 ``build_app`` returns a plain ``web.Application`` so the operator process can serve the
 same API from its own event loop.
+
+Replicas: every replica serves reads from its own registry. A write reaching a replica
+that may not write (``service.leadership.may_write()`` is False) is forwarded once to the
+leader's URL, marked ``X-Sie-Forwarded: 1`` (a marked request is never forwarded again, so
+two replicas that both believe the other leads cannot bounce it), and the leader's answer
+is passed back as is. Without a usable leader URL, or when the leader cannot be reached,
+the answer is ``503 not_leader`` with ``Retry-After: 2``: clients retry, and nothing was
+written.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -27,10 +36,11 @@ from sie_operator.catalog import yamlio
 from sie_operator.catalog.ids import InvalidModelId, validate_model_id
 from sie_operator.catalog.modelspec import InvalidModelSpec, parse_model_spec
 from sie_operator.catalog.registry import CaseConflict, ContentConflict, ValidationFailed, WriteRejected
-from sie_operator.store.fs import StoreError
+from sie_operator.store import StoreConflict, StoreError
 
 from .auth import Authenticator, AuthFailure, token_of
 from .idempotency import CachedResponse, IdempotencyCache, IdempotencyInFlight, IdempotencyMismatch
+from .leadership import NotLeader
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .service import ConfigService, NatsUnavailable, RegistryUnavailable
 from .settings import Settings
@@ -60,6 +70,10 @@ _TEMPLATES = (
     (re.compile(r"/v1/configs/bundles/[^/]+"), "/v1/configs/bundles/{bundle_id}"),
 )
 UNMATCHED_PATH = "<unmatched>"
+FORWARDED_HEADER = "X-Sie-Forwarded"
+FORWARD_HEADERS = ("Authorization", "Idempotency-Key", "Content-Type")
+NOT_LEADER_RETRY_AFTER = "2"
+PROXY_TIMEOUT = 30.0  # seconds for a forwarded write (the leader's own write path is bounded)
 
 
 def path_label(path: str) -> str:
@@ -87,6 +101,14 @@ def error_response(status: int, error: str, message: str | None = None, **extra:
     if message is not None:
         detail["message"] = message
     return json_response({"detail": detail}, status)
+
+
+def not_leader_response(leader: str | None, why: str = "") -> web.Response:
+    """503 for a write this replica may not do and could not hand to the leader."""
+    message = "This config service replica is not the leader and cannot write" + (f" ({why})" if why else "")
+    resp = error_response(503, NotLeader.error, message + "; retry shortly.", leader=leader)
+    resp.headers["Retry-After"] = NOT_LEADER_RETRY_AFTER
+    return resp
 
 
 def _auth_response(fail: AuthFailure) -> web.Response:
@@ -130,6 +152,12 @@ class ConfigApi:
             ttl=settings.idempotency_ttl,
             wait_timeout=settings.idempotency_wait,
         )
+        self._proxy_session: aiohttp.ClientSession | None = None
+
+    async def close(self, app: web.Application | None = None) -> None:
+        session, self._proxy_session = self._proxy_session, None
+        if session is not None:
+            await session.close()
 
     # -- middlewares ---------------------------------------------------------------------
     @web.middleware
@@ -370,6 +398,38 @@ class ConfigApi:
         }
         return json_response(body)
 
+    # -- leader forwarding ------------------------------------------------------------
+    async def _forward(self, request: web.Request, raw: bytes) -> web.Response:
+        """This replica may not write: hand the request to the leader once, or 503."""
+        lead = self.service.leadership
+        assert lead is not None
+        identity = lead.leader_identity()
+        if request.headers.get(FORWARDED_HEADER):
+            return not_leader_response(identity, "the request was already forwarded once")
+        url = lead.leader_url()
+        if not url or not url.startswith(("http://", "https://")):
+            return not_leader_response(identity, "no leader URL known")
+        headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
+        headers[FORWARDED_HEADER] = "1"
+        if self._proxy_session is None:
+            self._proxy_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT))
+        target = url.rstrip("/") + request.rel_url.path_qs
+        try:
+            async with self._proxy_session.request(
+                request.method, target, data=raw, headers=headers, allow_redirects=False
+            ) as resp:
+                body = await resp.read()
+                out = web.Response(body=body, status=resp.status, headers={FORWARDED_HEADER: "1"})
+                for h in ("Content-Type", "Retry-After"):
+                    if h in resp.headers:
+                        out.headers[h] = resp.headers[h]
+                return out
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "forwarding %s %s to the leader at %s failed: %s", request.method, request.path, url, exc
+            )
+            return not_leader_response(identity, f"the leader at {url} could not be reached")
+
     # -- the write -----------------------------------------------------------------------
     async def add_model(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -381,6 +441,12 @@ class ConfigApi:
         raw = await self._read_body(request)
         if isinstance(raw, web.Response):
             return raw
+        lead = self.service.leadership
+        if lead is not None and not lead.may_write():
+            resp = await self._forward(request, raw)
+            forwarded = resp.headers.get(FORWARDED_HEADER) == "1"
+            self.service.metrics.not_leader.labels(outcome="forwarded" if forwarded else "refused").inc()
+            return resp
         key = request.headers.get("Idempotency-Key") or ""
         if not key:
             resp, model_id = await self._execute_add(raw)
@@ -434,6 +500,13 @@ class ConfigApi:
             return rejection_response(exc), None
         except (NatsUnavailable, RegistryUnavailable) as exc:
             return error_response(exc.status, exc.error, exc.message), None
+        except NotLeader as exc:
+            return not_leader_response(exc.leader, "leadership was lost before the write"), None
+        except StoreConflict as exc:
+            msg = f"Config store write refused; nothing was changed: {exc}"
+            resp = error_response(503, "store_conflict", msg)
+            resp.headers["Retry-After"] = "1"
+            return resp, None
         except StoreError as exc:
             msg = f"Config store write failed; nothing was changed: {exc}"
             return error_response(503, "store_unavailable", msg), None
@@ -477,6 +550,7 @@ def build_app(service: ConfigService, settings: Settings) -> web.Application:
     api = ConfigApi(service, settings)
     app = web.Application(middlewares=[api.metrics_middleware, api.error_middleware])
     app[SERVICE_KEY] = service
+    app.on_cleanup.append(api.close)
     r = app.router
     r.add_get("/healthz", api.healthz)
     r.add_get("/readyz", api.readyz)

@@ -23,7 +23,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    """The contract's seven metrics (plus the standard process/python collectors)."""
+    """The contract's seven metrics, three of ours for replicated stores and leadership, and the
+    standard process/python collectors."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = True) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -60,6 +61,26 @@ class Metrics:
             "sie_config_store_writes_total",
             "Store writes by operation (write_model, increment_epoch) and result.",
             ["op", "result"],
+            registry=r,
+        )
+        # ours, for replicated stores (zero with a directory store)
+        self.store_conflicts = Counter(
+            "sie_config_store_conflicts_total",
+            "Writes refused by a shared store because another replica appended first "
+            "(outcome: retried, refused).",
+            ["outcome"],
+            registry=r,
+        )
+        self.store_followed = Counter(
+            "sie_config_store_followed_records_total",
+            "Records applied here through the shared store's follower path (written by other "
+            "replicas, or ours that landed in a batch another replica interleaved with).",
+            registry=r,
+        )
+        self.not_leader = Counter(
+            "sie_config_not_leader_total",
+            "Writes that reached a replica that may not write (outcome: forwarded, refused).",
+            ["outcome"],
             registry=r,
         )
         for source in ("api", "filesystem"):

@@ -11,6 +11,18 @@ planned on its own and gets its own epoch and its own publish, but they share on
 fsync. Two writes to the same model (case-insensitively) never share a batch, so every
 plan sees the writes before it. Applying a batch and moving the epoch happen in one step
 of the event loop, so readers (export) get a consistent cut without taking the lock.
+
+Stores: a local directory (one writer) or a JetStream stream shared by several replicas
+(see ``sie_operator.store.jetstream``). With a shared store a follower task applies the
+records other replicas wrote, in stream order, under the same lock as the write path, so
+a plan always sees everything applied before it; the epoch only moves forward. An append
+the stream refuses (another writer was first) or cannot confirm makes the service absorb
+what did land (its own writes among it) and refuse the rest: the refused writes are
+re-planned against the absorbed state and retried (a few times), then answered
+``503 store_conflict``.
+
+Leadership: ``leadership`` (``None``: always writable) gates every write before it is
+queued and again right before the store append; see ``leadership.py``.
 """
 
 from __future__ import annotations
@@ -36,9 +48,20 @@ from sie_operator.catalog.registry import (
     WriteRejected,
     same_value,
 )
-from sie_operator.store.fs import FileStore, StoredModel, StoreError
+from sie_operator.store import (
+    CommitResult,
+    ConfigStore,
+    DirectoryStore,
+    FileStore,
+    StoreConflict,
+    StoredModel,
+    StoreError,
+    StoreRecord,
+)
+from sie_operator.store.jetstream import JetStreamStore
 
 from . import yamlemit
+from .leadership import Leadership, NotLeader
 from .metrics import Metrics
 from .publisher import NatsPublisher, build_payload, is_trusted_by_default
 from .settings import Settings
@@ -46,6 +69,7 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 HEAL_BACKOFF_MAX = 10.0  # seconds between attempts to heal a broken store, at most
+CONFLICT_RETRIES = 3  # times a write refused by a shared store is re-planned before a 503
 
 PUBLISH_PARTIAL = (
     "nats_publish_partial: Config persisted but NATS notification failed for bundle(s) {bundles!r}. "
@@ -101,6 +125,7 @@ class _Pending:
     source: Source
     future: asyncio.Future[ApplyResult]
     key: str | None  # lower-cased model id, to keep two writes of one model apart
+    attempts: int = 0  # store conflicts so far (re-planned after absorbing, CONFLICT_RETRIES times)
 
 
 @dataclass
@@ -130,16 +155,18 @@ class ConfigService:
         bundles: BundleSet,
         *,
         models_dir: Path | None = None,
-        store: FileStore | None = None,
+        store: ConfigStore | FileStore | None = None,
         restore: bool = True,
         publisher: NatsPublisher | None = None,
         metrics: Metrics | None = None,
         checkpoint_interval: float = 0.5,
         max_batch: int = 64,
+        leadership: Leadership | None = None,
     ) -> None:
         self.bundles = bundles
         self.models_dir = models_dir
-        self.store = store
+        self.store: ConfigStore | None = DirectoryStore(store) if isinstance(store, FileStore) else store
+        self.leadership = leadership
         self.restore = restore
         self.metrics = metrics if metrics is not None else Metrics()
         self.publisher = publisher
@@ -151,7 +178,8 @@ class ConfigService:
         self._lock = asyncio.Lock()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._committer: asyncio.Task[None] | None = None
-        self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None  # store upkeep (checkpoint, heal)
+        self._follower: asyncio.Task[None] | None = None  # shared store: applies others' records
         self._finishing: set[asyncio.Task[None]] = set()  # batches waiting for their NATS flush
         self._api_models = 0
 
@@ -171,11 +199,18 @@ class ConfigService:
         except BundleError as exc:
             raise ConfigError(str(exc)) from exc
         metrics = metrics if metrics is not None else Metrics()
-        store = (
-            FileStore(settings.store_dir, durability=settings.store_durability)
-            if settings.store_dir
-            else None
-        )
+        store: ConfigStore | None = None
+        if settings.store_stream:
+            assert settings.nats_url is not None  # Settings refuses a jetstream store without it
+            store = JetStreamStore(
+                settings.nats_url,
+                settings.store_stream,
+                auth=settings.nats_auth,
+                replicas=settings.store_replicas,
+                name=f"{settings.producer_id}-store",
+            )
+        elif settings.store_dir:
+            store = DirectoryStore(FileStore(settings.store_dir, durability=settings.store_durability))
         publisher = None
         if settings.nats_url:
             publisher = NatsPublisher(
@@ -256,26 +291,26 @@ class ConfigService:
         epoch = 0
         if self.store is not None:
             try:
-                epoch = await asyncio.to_thread(self.store.open)
+                epoch = await self.store.open()
                 if self.restore:
-                    stored = await asyncio.to_thread(self.store.load_all)
+                    stored = await self.store.load_all()
                     await asyncio.to_thread(self._restore, registry, stored, epoch)
                 else:
-                    ids = await asyncio.to_thread(self.store.list_ids)
+                    ids = await self.store.list_ids()
                     if ids:
                         log.warning(
                             "SIE_CONFIG_RESTORE is off: %d stored model(s) in %s are NOT served, while "
                             "/epoch still reports the stored epoch %d; writing one of them again replaces "
                             "its stored file",
                             len(ids),
-                            self.store.base,
+                            self.store.describe(),
                             epoch,
                         )
             except StoreError as exc:
-                await asyncio.to_thread(self.store.close)
+                await self.store.close()
                 raise ConfigError(str(exc)) from exc
             except ConfigError:
-                await asyncio.to_thread(self.store.close)
+                await self.store.close()
                 raise
         self.registry = registry
         self.epoch = epoch
@@ -289,10 +324,11 @@ class ConfigService:
                     self.publisher.producer_id,
                 )
             self.publisher.start()
-        if self.store is not None and self.store.durability == "journal":
-            self._checkpointer = asyncio.get_running_loop().create_task(
-                self._checkpoint_loop(), name="store-checkpoint"
-            )
+        if self.store is not None:
+            loop = asyncio.get_running_loop()
+            self._checkpointer = loop.create_task(self._checkpoint_loop(), name="store-upkeep")
+            if self.store.shared:
+                self._follower = loop.create_task(self._follow_loop(), name="store-follower")
         self.started = True
         log.info(
             "config service ready: %d models (%d from the store), epoch %d, bundles hash %s",
@@ -316,15 +352,16 @@ class ConfigService:
                 item.future.set_exception(RegistryUnavailable())
         if self._finishing:  # flushes are bounded by the publisher's flush timeout
             await asyncio.gather(*self._finishing, return_exceptions=True)
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpointer
-            self._checkpointer = None
+        for task in (self._checkpointer, self._follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._checkpointer = self._follower = None
         if self.publisher is not None:
             await self.publisher.stop()
         if self.store is not None and self.store.opened:
-            await asyncio.to_thread(self.store.close)
+            await self.store.close()
         self.started = False
 
     def _load_baseline(self, registry: Registry, models_dir: Path) -> None:
@@ -389,8 +426,8 @@ class ConfigService:
             log.error("%s: adapter module(s) %s are in no bundle", what, ", ".join(unknown))
 
     async def _checkpoint_loop(self) -> None:
-        """Checkpoints, and healing of a broken store with backoff (so it recovers even when
-        no write arrives: an unready replica gets no traffic)."""
+        """Store upkeep (checkpoints; healing or catching up a broken store, with backoff) so
+        it recovers even when no write arrives: an unready replica gets no traffic."""
         store = self.store
         assert store is not None
         loop = asyncio.get_running_loop()
@@ -398,25 +435,70 @@ class ConfigService:
         next_heal = 0.0
         while True:
             await asyncio.sleep(self.checkpoint_interval)
-            if store.broken:
-                if store.fatal or loop.time() < next_heal:
-                    continue
-                try:
-                    healed = await asyncio.to_thread(store.heal)
-                except Exception:
-                    log.exception("store heal attempt failed")
-                    healed = False
-                if healed:
-                    backoff = self.checkpoint_interval
-                else:
-                    backoff = min(backoff * 2, HEAL_BACKOFF_MAX)
-                    next_heal = loop.time() + backoff
+            was_broken = store.broken is not None
+            if was_broken and (store.fatal or loop.time() < next_heal):
                 continue
-            if store.needs_checkpoint:
-                try:
-                    await asyncio.to_thread(store.checkpoint)
-                except Exception:
-                    log.exception("store checkpoint failed")
+            try:
+                await store.maintain()
+            except Exception:
+                log.exception("store upkeep failed")
+            if not was_broken:
+                continue
+            if store.broken is None:
+                backoff = self.checkpoint_interval
+                if store.shared:
+                    async with self._lock:
+                        self._apply_records(store.drain())
+            else:
+                backoff = min(backoff * 2, HEAL_BACKOFF_MAX)
+                next_heal = loop.time() + backoff
+
+    async def _follow_loop(self) -> None:
+        """Apply what other replicas write to the shared store, as it arrives."""
+        store = self.store
+        assert store is not None
+        while True:
+            await store.wait_records()
+            async with self._lock:
+                self._apply_records(store.drain())
+
+    def _apply_records(self, records: list[StoreRecord]) -> None:
+        """The follower path: stored records (in stream order) into the registry, epoch
+        forward only. Called with the write lock held, or from the committer (which holds
+        it). A record the registry refuses is logged and skipped; its epoch still counts,
+        so this replica's epoch matches the stream's."""
+        registry = self.registry
+        if registry is None or not records:
+            return
+        self.metrics.store_followed.inc(len(records))
+        for rec in records:
+            try:
+                doc = yamlio.load(rec.text)
+                if not isinstance(doc, dict):
+                    raise ValueError("expected a YAML mapping")
+                plan = registry.plan(doc, source="api", allow_unroutable=True)
+            except (yamlio.YamlError, ValueError, WriteRejected) as exc:
+                log.error("stored record %d (model %r) cannot be applied: %s", rec.seq, rec.model_id, exc)
+            else:
+                if plan.changed:
+                    previous = registry.get(plan.model_id)
+                    text = rec.text if same_value(plan.doc, doc) else yamlemit.dump(plan.doc)
+                    registry.apply(plan, yaml_text=text, epoch=rec.epoch)
+                    if previous is None or previous.source != "api":
+                        self._api_models += 1
+            self.epoch = max(self.epoch, rec.epoch)
+        self._update_gauges()
+
+    async def catch_up(self, within: float = 10.0) -> int:
+        """Wait until everything in the store as of now is applied here; returns the epoch.
+
+        For a shared (JetStream) store: the follower has received the stream up to its end
+        and the records are in the registry. StoreError if that cannot be done in time."""
+        if self.store is not None and self.store.shared:
+            await self.store.catch_up(within)
+            async with self._lock:
+                self._apply_records(self.store.drain())
+        return self.epoch
 
     # -- reads ---------------------------------------------------------------------------
     def export_snapshot(self) -> Snapshot:
@@ -431,10 +513,12 @@ class ConfigService:
         """Validate, persist, apply, bump the epoch and publish one model document.
 
         Raises WriteRejected (4xx), NatsUnavailable (a change while NATS is down),
-        StoreError (nothing applied) or RegistryUnavailable (not started).
+        StoreError (nothing applied; StoreConflict when another writer kept winning),
+        NotLeader (this replica may not write now) or RegistryUnavailable (not started).
         """
         if self.registry is None:
             raise RegistryUnavailable()
+        self._check_leader()
         if not isinstance(body, dict):
             raise ValidationFailed(["Expected a mapping at top level"])
         loop = asyncio.get_running_loop()
@@ -476,9 +560,22 @@ class ConfigService:
                 keys.add(item.key)
         return batch
 
+    def _check_leader(self) -> None:
+        lead = self.leadership
+        if lead is not None and not lead.may_write():
+            raise NotLeader(lead.leader_identity())
+
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         registry = self.registry
         assert registry is not None
+        store = self.store
+        if store is not None and store.shared:
+            # plan against everything the stream holds that has arrived (and, after a
+            # failed append, against everything up to its end)
+            if store.broken:
+                with contextlib.suppress(StoreError):  # the commit below reports it
+                    await store.catch_up(5.0)
+            self._apply_records(store.drain())
         planned: list[tuple[_Pending, WritePlan, str]] = []
         for item in batch:
             try:
@@ -506,32 +603,37 @@ class ConfigService:
 
         first = self.epoch + 1
         last = self.epoch + len(planned)
+        want_hashes = self.publisher is not None
+        applied: list[_Applied] = []
         if self.store is not None:
             try:
-                await asyncio.to_thread(self.store.commit, [(p.model_id, y) for _, p, y in planned], last)
-            except StoreError as exc:
-                self.metrics.store_writes.labels(op="write_model", result="failure").inc(len(planned))
-                self.metrics.store_writes.labels(op="increment_epoch", result="failure").inc(len(planned))
-                log.error("store commit failed, %d write(s) refused: %s", len(planned), exc)
+                self._check_leader()  # the lease may have been lost while this batch waited
+                result = await self.store.commit([(p.model_id, y) for _, p, y in planned], last)
+            except (StoreError, NotLeader) as exc:
+                if isinstance(exc, StoreError):
+                    self._count_store_writes("failure", len(planned))
+                    log.error("store commit failed, %d write(s) refused: %s", len(planned), exc)
                 for item, _, _ in planned:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 return
-            self.metrics.store_writes.labels(op="write_model", result="success").inc(len(planned))
-            self.metrics.store_writes.labels(op="increment_epoch", result="success").inc(len(planned))
-
-        # Durable: apply the whole batch and move the epoch in one step (no await).
-        applied: list[_Applied] = []
-        want_hashes = self.publisher is not None
-        for i, (item, plan, text) in enumerate(planned):
-            previous = registry.get(plan.model_id)
-            entry = registry.apply(plan, yaml_text=text, epoch=first + i)
-            if plan.source == "api" and (previous is None or previous.source != "api"):
-                self._api_models += 1
-            hashes = {b: registry.bundle_hash(b) for b in plan.bundles} if want_hashes else {}
-            applied.append(_Applied(item, plan, entry, first + i, hashes))
-        self.epoch = last
-        self._update_gauges()
+            if not result.in_order:
+                self._absorb(planned, result, applied, want_hashes)
+                if not applied:
+                    return
+                self._update_gauges()
+        if not applied:
+            self._count_store_writes("success", len(planned))
+            # Durable: apply the whole batch and move the epoch in one step (no await).
+            for i, (item, plan, text) in enumerate(planned):
+                previous = registry.get(plan.model_id)
+                entry = registry.apply(plan, yaml_text=text, epoch=first + i)
+                if plan.source == "api" and (previous is None or previous.source != "api"):
+                    self._api_models += 1
+                hashes = {b: registry.bundle_hash(b) for b in plan.bundles} if want_hashes else {}
+                applied.append(_Applied(item, plan, entry, first + i, hashes))
+            self.epoch = last
+            self._update_gauges()
 
         if self.publisher is None:
             self._resolve(applied)
@@ -545,6 +647,46 @@ class ConfigService:
         task = asyncio.get_running_loop().create_task(self._flush_then_resolve(applied, published))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
+
+    def _count_store_writes(self, result: str, n: int) -> None:
+        self.metrics.store_writes.labels(op="write_model", result=result).inc(n)
+        self.metrics.store_writes.labels(op="increment_epoch", result=result).inc(n)
+
+    def _absorb(
+        self,
+        planned: list[tuple[_Pending, WritePlan, str]],
+        result: CommitResult,
+        applied: list[_Applied],
+        want_hashes: bool,
+    ) -> None:
+        """After an append that did not land whole and in order: apply what the stream now
+        holds (other writers' records and those of ours that landed), answer our landed
+        writes from it, retry each refused write (re-planned) a few times, then refuse it."""
+        registry = self.registry
+        assert registry is not None and self.store is not None
+        self._apply_records(self.store.drain())
+        retry: list[_Pending] = []
+        for (item, plan, _), epoch in zip(planned, result.landed, strict=True):
+            if epoch is not None:
+                entry = registry.get(plan.model_id)
+                assert entry is not None
+                hashes = {b: registry.bundle_hash(b) for b in plan.bundles} if want_hashes else {}
+                applied.append(_Applied(item, plan, entry, epoch, hashes))
+            elif item.attempts < CONFLICT_RETRIES and not item.future.done():
+                item.attempts += 1
+                retry.append(item)
+                self.metrics.store_conflicts.labels(outcome="retried").inc()
+            elif not item.future.done():
+                self.metrics.store_conflicts.labels(outcome="refused").inc()
+                item.future.set_exception(
+                    StoreConflict(
+                        "another config service replica wrote to the store at the same time; "
+                        "nothing was changed, retry"
+                    )
+                )
+        self._count_store_writes("success", len(applied))
+        self._count_store_writes("failure", len(planned) - len(applied))
+        self._queue.extendleft(reversed(retry))  # first in line, in their original order
 
     def _resolve(self, applied: list[_Applied]) -> None:
         for a in applied:

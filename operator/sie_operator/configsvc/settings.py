@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sie_operator import natsconn
 from sie_operator.natsconn import NatsAuth
 from sie_operator.store.fs import Durability
+from sie_operator.store.jetstream import MAX_REPLICAS, SCHEME, parse_location
 
 MAX_BODY_BYTES = 1_048_576
 _TRUE = {"1", "true", "yes", "on"}
@@ -59,6 +60,9 @@ class Settings(BaseModel):
     models_dir: Path | None = None  # None: no baseline models
     store_dir: Path | None = None  # None: in-memory only (embedding/tests); the CLI always sets one
     store_durability: Durability = "journal"
+    # jetstream://NAME: the store is JetStream stream NAME on nats_url (store_dir is then None)
+    store_stream: str | None = None
+    store_replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
     restore: bool = True
     nats_url: str | None = Field(default=None, repr=False)  # may carry userinfo; see describe()
     nats_auth: NatsAuth = Field(default_factory=NatsAuth)
@@ -96,6 +100,10 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _nats_options_usable(self) -> Settings:
         """Credential conflicts and unreadable creds/TLS files stop startup (one line)."""
+        if self.store_stream and not self.nats_url:
+            raise ValueError(
+                f"the store {SCHEME}{self.store_stream} needs a NATS server: set --nats-url or SIE_NATS_URL"
+            )
         if self.nats_url:
             try:
                 natsconn.connect_options(self.nats_url, self.nats_auth)
@@ -104,8 +112,12 @@ class Settings(BaseModel):
         return self
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """SIE's variables from ``env`` (default ``os.environ``); non-None overrides win."""
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, store_location: str | None = None, **overrides: Any
+    ) -> Settings:
+        """SIE's variables from ``env`` (default ``os.environ``); non-None overrides win.
+
+        ``store_location`` is the raw ``--store-dir`` (a directory or ``jetstream://NAME``)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
 
@@ -115,12 +127,24 @@ class Settings(BaseModel):
 
         values["bundles_dir"] = path_var("SIE_BUNDLES_DIR")
         values["models_dir"] = path_var("SIE_MODELS_DIR")
-        store = env.get("SIE_CONFIG_STORE_DIR")
-        if store and "://" in store:
+        what = "--store-dir" if store_location else "SIE_CONFIG_STORE_DIR"
+        store = store_location or env.get("SIE_CONFIG_STORE_DIR")
+        try:
+            stream = parse_location(store) if store else None
+        except ValueError as exc:
+            raise SettingsError(f"{what}: {exc}") from None
+        if stream:
+            values["store_stream"] = stream
+            values["store_dir"] = None
+        elif store and "://" in store:
             raise SettingsError(
-                f"SIE_CONFIG_STORE_DIR={store!r}: only a local directory is supported (no s3:// or gs://)"
+                f"{what}={store!r}: only a local directory or {SCHEME}NAME is supported (no s3:// or gs://)"
             )
-        values["store_dir"] = Path(store).expanduser() if store else default_store_dir(env)
+        else:
+            values["store_dir"] = Path(store).expanduser() if store else default_store_dir(env)
+        replicas = env.get("SIE_CONFIG_STORE_REPLICAS", "").strip()
+        if replicas:
+            values["store_replicas"] = replicas
         if env.get("SIE_CONFIG_RESTORE", "").strip():
             values["restore"] = parse_bool("SIE_CONFIG_RESTORE", env["SIE_CONFIG_RESTORE"])
         durability = env.get("SIE_CONFIG_STORE_DURABILITY", "").strip()
@@ -142,8 +166,13 @@ class Settings(BaseModel):
             raise SettingsError(f"{loc}: {msg}" if loc else msg) from exc
 
     def describe(self) -> str:
+        store = (
+            f"{SCHEME}{self.store_stream} (R{self.store_replicas})"
+            if self.store_stream
+            else str(self.store_dir or "(memory)")
+        )
         return (
-            f"store={self.store_dir or '(memory)'} durability={self.store_durability} restore={self.restore} "
+            f"store={store} durability={self.store_durability} restore={self.restore} "
             f"bundles={self.bundles_dir or '(shipped)'} models={self.models_dir or '(none)'} "
             f"nats={natsconn.describe(self.nats_url, self.nats_auth)} producer_id={self.producer_id}"
         )

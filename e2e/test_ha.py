@@ -245,7 +245,7 @@ def test_a_paused_leader_is_fenced_and_steps_down(
         status, resp = http("POST", old_url + "/v1/configs/models", model_body(1000))
         assert status in (200, 201, 503), (status, resp)
         if status == 503:
-            assert resp["error"] == "not_leader"
+            assert resp["detail"]["error"] == "not_leader", resp
         for k in range(5):
             kube.wait_ready(f"after-{k}", timeout=60)
         time.sleep(2)

@@ -211,6 +211,11 @@ def _seconds(flag: float | None, env_value: str | None, default: float, what: st
 def run(args: argparse.Namespace) -> int:
     opts = _resolve(args)
     settings = configsvc_command.settings_from_args(args)
+    if opts["leader_election"] and settings.store_stream is None:
+        raise UsageError(
+            "--leader-election needs a store every replica shares: --store-dir jetstream://NAME "
+            "(a local directory belongs to one replica, a standby would serve none of its models)"
+        )
     try:
         return asyncio.run(_main(args, opts, settings))
     except KubeAuthError as exc:

@@ -108,8 +108,8 @@ class ChartIdentityStack(Stack):
     gateway_service: tuple[str, str] | None = None  # (namespace, name)
     debug_logs = False
 
-    def control_process(self) -> ServerProcess:
-        proc = super().control_process()
+    def control_process(self, i: int = 0) -> ServerProcess:
+        proc = super().control_process(i)
         if self.debug_logs:
             i = proc.argv.index("run")
             proc.argv[i:i] = ["--log-level", "debug"]

@@ -38,6 +38,7 @@ class StackConfig:
     operators: int = 1
     store: str | None = None
     nats_url: str | None = None
+    nats_args: Sequence[str] = ()  # for the stack's own nats-server, e.g. ("-js", "-sd", dir)
 
 
 class Stack:
@@ -48,7 +49,7 @@ class Stack:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sie-stack-"))
         self.logs = self.workdir / "logs"
         self.store_dir = self.workdir / "store"
-        self.nats = NatsServer(log_dir=self.logs)
+        self.nats = NatsServer(log_dir=self.logs, extra_args=cfg.nats_args)
         self.api_ports = [free_port() for _ in range(max(1, cfg.operators))]
         self.health_ports = [free_port() for _ in range(max(1, cfg.operators))]
         self.api_port = self.api_ports[0]

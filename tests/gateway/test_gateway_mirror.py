@@ -206,6 +206,29 @@ async def test_poll_requests_catchup_on_drift() -> None:
     assert rec.catchups == ["behind", "ahead"]
 
 
+async def test_a_replica_a_moment_behind_is_asked_again_before_following_it_down() -> None:
+    """Several config-service replicas: the one answering may follow the writer a moment
+    behind; its lower epoch is checked again after the grace instead of re-exported at once."""
+    svc = FakeService()
+    svc.write(model_doc("k/m"))
+    m, rec = make_mirror(svc, poll_grace=0.2)
+    await m.bootstrap_once()
+    current = svc.epoch
+    svc.epoch = current - 1  # the replica answering has not applied the last write yet
+
+    async def catch_up() -> None:
+        await asyncio.sleep(0.05)
+        svc.epoch = current
+
+    task = asyncio.create_task(catch_up())
+    assert (await m.poll_once()).value == "in_sync"  # type: ignore[union-attr]
+    await task
+    assert rec.catchups == [] and m.epoch == current
+    svc.epoch = 0  # a store really reset stays behind: followed after the grace
+    assert (await m.poll_once()).value == "ahead"  # type: ignore[union-attr]
+    assert rec.catchups == ["ahead"]
+
+
 async def test_run_retries_until_the_service_answers() -> None:
     svc = FakeService()
     svc.write(model_doc("l/m"))

@@ -559,6 +559,17 @@ class ConfigMirror:
             await asyncio.sleep(self.poll_grace)
             if self.epoch >= info.epoch and self._catchup is None:
                 return PollAction.IN_SYNC
+        elif action is PollAction.AHEAD and self.poll_grace > 0:
+            # With several config-service replicas, the one answering may follow the writer
+            # a moment behind: ask again before following an epoch that went back (a store
+            # really reset stays behind, and is then followed).
+            await asyncio.sleep(self.poll_grace)
+            try:
+                info = await self.client.epoch()
+            except ConfigServiceError as exc:
+                log.warning("epoch poll (%s) failed: %s", reason, exc)
+                return None
+            action = poll_action(self.epoch, self.bundles_hash, info.epoch, info.bundles_hash)
         if action is not PollAction.IN_SYNC:
             self.request_catchup(action.value)
         return action

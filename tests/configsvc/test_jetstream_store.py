@@ -411,3 +411,31 @@ async def test_same_answers_epochs_restore_and_deltas_as_the_directory_store(
     assert [s for s, _ in answers] == [201, 201, 201, 200, 201, 409]
     assert export["epoch"] == 4 and len(deltas) == 10
     assert ("p/one", 3) in epochs and ("p/two", 2) in epochs and ("test/model", 4) in epochs
+
+
+async def test_leadership_is_checked_again_right_before_the_append(make_api: MakeApi) -> None:
+    """A lease lost while a write waited in the queue: the write is refused, nothing stored
+    (the directory store here: the gate is the service's, whatever the backend)."""
+
+    class LosesItAfterTheFirstLook:
+        def __init__(self) -> None:
+            self.looks = 0
+
+        def may_write(self) -> bool:
+            self.looks += 1
+            return self.looks == 1
+
+        def leader_identity(self) -> str | None:
+            return "pod-new"
+
+        def leader_url(self) -> str | None:
+            return None
+
+    api = await make_api()
+    api.service.leadership = LosesItAfterTheFirstLook()
+    with pytest.raises(NotLeader, match="pod-new"):
+        await api.service.apply({"sie_id": "g/m", "profiles": _profile("default")})
+    assert api.service.epoch == 0 and api.service.store is not None and api.service.store.epoch == 0
+    api.service.leadership = None
+    r = await api.post(model_yaml("g/m"))
+    assert r.status == 201 and api.service.epoch == 1

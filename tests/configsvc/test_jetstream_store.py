@@ -280,7 +280,7 @@ async def test_r3_survives_a_sigkilled_node(make_api: MakeApi, nats_cluster: Nat
         print(f"write stall after SIGKILL of the {which} node: {stall:.2f}s")  # shown with -s
         assert stall < 20  # JetStream's stream-leader election takes ~5-7 s of it
     finally:
-        nats_cluster.start_node(victim)
+        nats_cluster.start(victim)
     await api.service.stop()
     again = await js_api(make_api, nats_cluster.urls, name, store_replicas=3)
     registry = again.service.registry

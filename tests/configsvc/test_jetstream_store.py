@@ -218,6 +218,27 @@ async def test_stale_replica_write_is_fenced_then_retried(
         assert api.service.epoch == 2
 
 
+async def test_a_stuck_follower_is_restarted_without_any_write(
+    make_api: MakeApi, nats_cluster: NatsCluster
+) -> None:
+    """A standby gets no writes: if its consumer dies silently, the upkeep watchdog notices
+    it stopped behind the stream's end and re-creates it from where it was."""
+    name = stream_name()
+    a = await js_api(make_api, nats_cluster.urls, name)
+    b = await js_api(make_api, nats_cluster.urls, name)
+    store_b = b.service.store
+    assert isinstance(store_b, JetStreamStore)
+    await store_b._sub.unsubscribe()  # fault injection: the consumer is gone, nobody says so
+    assert (await a.post(model_yaml("w/one"))).status == 201
+    assert (await a.post(model_yaml("w/two"))).status == 201
+
+    async def b_follows() -> bool:
+        return b.service.epoch == 2
+
+    await until(b_follows, 10)
+    assert (await b.client.get("/v1/configs/models/w/two")).status == 200
+
+
 async def test_nats_outage_gives_503_then_recovers(make_api: MakeApi, tmp_path: Path) -> None:
     """A real outage (the only NATS server stopped, then started again with its data):
     writes are refused cleanly, never a 500, the replica is unready; it recovers by itself

@@ -66,7 +66,10 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         help="journal (default: fdatasync'd write-ahead journal) or sync (fsync every file) "
         "[SIE_CONFIG_STORE_DURABILITY]",
     )
-    parser.add_argument("--nats-url", help="NATS server URL [SIE_NATS_URL] (default: no publishing)")
+    parser.add_argument(
+        "--nats-url",
+        help="NATS server URL, or a comma list of a cluster's [SIE_NATS_URL] (default: no publishing)",
+    )
     natsconn.add_arguments(parser)
     parser.add_argument(
         "--producer-id",

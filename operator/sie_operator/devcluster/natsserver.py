@@ -87,7 +87,7 @@ class NatsCluster:
     """``size`` nats-servers with JetStream, clustered over loopback routes (tests, bench).
 
     Each node has its own client port, route port and store directory, so a node can be
-    SIGKILLed (:meth:`kill`) and started again (:meth:`start_node`) with its data, the way a
+    SIGKILLed (:meth:`kill`) and started again (``start(i)``) with its data, the way a
     pod of a StatefulSet comes back. ``urls`` is the comma list clients connect with.
     """
 
@@ -124,13 +124,11 @@ class NatsCluster:
     def url(self, i: int) -> str:
         return self.nodes[i].url
 
-    def start(self) -> NatsCluster:
-        for n in self.nodes:
+    def start(self, i: int | None = None) -> NatsCluster:
+        """Start every node, or only node ``i`` (again, after :meth:`kill`)."""
+        for n in self.nodes if i is None else [self.nodes[i]]:
             n.start()
         return self
-
-    def start_node(self, i: int) -> None:
-        self.nodes[i].start()
 
     def kill(self, i: int) -> None:
         """SIGKILL node ``i`` (no shutdown, no flush): a crashed server or lost pod."""

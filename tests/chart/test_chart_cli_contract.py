@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from chartlib import CHART, FULLNAME, NAMESPACE, REPO, Obj, args, container, env, find, load_yaml, one, render
 
-from sie_operator.cli import UsageError, build_parser
+from sie_operator.cli import build_parser
 from sie_operator.configsvc.command import settings_from_args
+from sie_operator.controller.command import advertise_url
 from sie_operator.gateway.settings import from_args as gateway_settings
 from sie_operator.protocol.deltas import is_trusted, parse_producer_list
 
@@ -164,26 +165,18 @@ def test_ha_gateway_and_worker_command_lines(config: str, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("config", sorted(HA_CONFIGS))
 def test_ha_operator_command_line(config: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """The HA flags and variables (--leader-election*, SIE_ADVERTISE_URL, a jetstream://
-    store) as `sie-operator run` parses them. The run side of HA lands separately: until
-    then this skips rather than pass on a parser that does not know the flags."""
+    """The HA flags and variables (--leader-election*, POD_IP for the advertised URL, a
+    jetstream:// store) as `sie-operator run` parses and resolves them."""
     c = container(one(render(HA_CONFIGS[config]), "Deployment", FULLNAME))
     environ = kubelet_env(c)
-    assert environ["SIE_ADVERTISE_URL"] == "http://10.0.0.7:8080"
     assert environ["SIE_CONFIG_STORE_DIR"] == "jetstream://sie-config"
     assert environ["SIE_CONFIG_STORE_REPLICAS"] == ("1" if config == "ha" else "3")
-    try:
-        ns = build_parser().parse_args(kubelet_args(c, environ))
-    except SystemExit:
-        if "--leader-election" in capsys.readouterr().err:
-            pytest.skip("`sie-operator run` has no --leader-election yet (stream C integration)")
-        raise
+    ns = build_parser().parse_args(kubelet_args(c, environ))
     assert ns.command == "run" and ns.leader_election
     assert ns.leader_election_id == FULLNAME and ns.leader_election_namespace == NAMESPACE
+    port = int(ns.port)
+    assert advertise_url(ns.advertise_url, environ, port) == "http://10.0.0.7:8080"
+    assert advertise_url(ns.advertise_url, {**environ, "POD_IP": "fd00::7"}, port) == "http://[fd00::7]:8080"
     if config == "ha":  # (the external one would need its .creds file)
-        try:
-            settings_from_args(ns, environ)  # a jetstream:// store with the release's NATS URL
-        except UsageError as exc:
-            if "only a local directory" in str(exc):
-                pytest.skip("the jetstream:// store (stream A) is not merged yet")
-            raise
+        settings = settings_from_args(ns, environ)  # a jetstream:// store with the release's NATS URL
+        assert settings.store_stream == "sie-config"

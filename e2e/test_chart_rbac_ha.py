@@ -19,16 +19,16 @@ from typing import Any
 
 import pytest
 
-from sie_operator.devcluster.kubetest import Kube, model_manifest
+from sie_operator.devcluster.kubetest import model_manifest
 from sie_operator.devcluster.stack import StackConfig
 from test_chart_rbac import (
     FORBIDDEN,
     FULLNAME,
     OPERATOR_SA,
-    QUIET,
     READY,
     RELEASE,
     ChartIdentityStack,
+    Harness,
     can_i,
     log_since,
     log_size,
@@ -43,21 +43,13 @@ LEASE = FULLNAME  # ha.leaseName defaults to the release's full name
 LEASE_ROLE = f"{FULLNAME}-leader-election"
 
 
-class HaHarness:
-    def __init__(self, cp: Any, ns: str, stack: ChartIdentityStack, objs: list[dict[str, Any]]) -> None:
-        self.cp = cp
-        self.ns = ns
-        self.stack = stack
-        self.kube = Kube(cp, ns)
-        self.roles = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Role"}
-
-    def apply(self, obj: dict[str, Any]) -> None:
-        self.cp.kubectl("apply", "-f", "-", input=json.dumps(obj))
+class HaHarness(Harness):
+    """The RBAC harness, judged on the Lease Role's verbs."""
 
     def can(self, verb: str) -> bool:
         return can_i(self.cp, self.ns, OPERATOR_SA, verb, f"leases.coordination.k8s.io/{LEASE}")
 
-    def revoke(self, verb: str) -> None:
+    def revoke_lease(self, verb: str) -> None:
         self.apply(without_verb(self.roles[LEASE_ROLE], "leases", verb))
         wait_until(lambda: not self.can(verb), 10, f"{verb} on the Lease to be revoked")
 
@@ -66,26 +58,12 @@ class HaHarness:
             self.apply(role)
         wait_until(lambda: all(self.can(v) for v in ("get", "create", "update")), 10, "the Lease rights")
 
-    def restart_operator(self) -> int:
-        self.stack.stop_control()
-        offset = log_size(self.stack.control)
-        self.stack.start_control()
-        return offset
-
     def holder(self) -> str | None:
         res = self.kube.run("get", "lease", LEASE, "-o", "json", check=False)
         try:
             return json.loads(res.stdout)["spec"].get("holderIdentity") or None
         except (ValueError, KeyError, TypeError):
             return None
-
-    def no_status_for(self, name: str, seconds: float = QUIET) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            obj = self.kube.get(name)
-            assert obj is not None
-            assert not obj.get("status"), f"{name} got a status: {obj.get('status')}"
-            time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +129,7 @@ def test_without_a_lease_verb_the_operator_never_leads(ha: HaHarness, verb: str)
     ha.stack.stop_control()  # a clean stop releases the Lease (with the rights still there)
     if verb == "create":
         ha.kube.run("delete", "lease", LEASE, "--ignore-not-found")
-    ha.revoke(verb)
+    ha.revoke_lease(verb)
     offset = log_size(ha.stack.control)
     ha.stack.start_control()
     name = f"ha-no-{verb}"

@@ -47,7 +47,7 @@ from sie_operator.catalog.hashing import model_fragment
 from sie_operator.catalog.registry import ModelEntry, Registry, WriteRejected, same_value
 from sie_operator.natsconn import redact_url
 
-from .configclient import ConfigServiceClient, ConfigServiceError
+from .configclient import ConfigServiceClient, ConfigServiceError, EpochInfo
 from .deltas import (
     ALL_SUBJECT,
     DEFAULT_TRUSTED_PRODUCERS,
@@ -547,10 +547,8 @@ class ConfigMirror:
 
     async def poll_once(self, reason: str = "poll") -> PollAction | None:
         """Compare with ``/epoch`` and request a catch-up on drift; None if unreachable."""
-        try:
-            info = await self.client.epoch()
-        except ConfigServiceError as exc:
-            log.warning("epoch poll (%s) failed: %s", reason, exc)
+        info = await self._remote_epoch(reason)
+        if info is None:
             return None
         action = poll_action(self.epoch, self.bundles_hash, info.epoch, info.bundles_hash)
         if action is PollAction.BEHIND and self.poll_grace > 0:
@@ -564,15 +562,20 @@ class ConfigMirror:
             # a moment behind: ask again before following an epoch that went back (a store
             # really reset stays behind, and is then followed).
             await asyncio.sleep(self.poll_grace)
-            try:
-                info = await self.client.epoch()
-            except ConfigServiceError as exc:
-                log.warning("epoch poll (%s) failed: %s", reason, exc)
+            info = await self._remote_epoch(reason)
+            if info is None:
                 return None
             action = poll_action(self.epoch, self.bundles_hash, info.epoch, info.bundles_hash)
         if action is not PollAction.IN_SYNC:
             self.request_catchup(action.value)
         return action
+
+    async def _remote_epoch(self, reason: str) -> EpochInfo | None:
+        try:
+            return await self.client.epoch()
+        except ConfigServiceError as exc:
+            log.warning("epoch poll (%s) failed: %s", reason, exc)
+            return None
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep until woken or timed out; True if woken."""

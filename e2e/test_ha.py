@@ -251,13 +251,15 @@ def test_a_paused_leader_is_fenced_and_steps_down(
             kube.wait_ready(f"after-{k}", timeout=60)
         time.sleep(2)
         assert lease_holder(kube) == new_leader
+        j, _ = replica(stack, new_leader)
+        assert metric(old_url, "sie_operator_leading") == 0
+        assert metric(stack.config_urls[j], "sie_operator_leading") == 1
         assert metric(old_url, "sie_operator_status_patches_total") == patches, (
             "the old leader patched status"
         )
         assert (
             metric(old_url, 'sie_config_store_writes_total{op="write_model",result="success"}') == appends
         ), "the old leader appended to the store"
-        j, _ = replica(stack, new_leader)
         status, listing = http("GET", stack.config_urls[j] + "/v1/configs/models")
         stored = {m["model_id"] for m in listing["models"]}
         assert {"acme/before", "acme/during", *(f"acme/after-{k}" for k in range(5))} <= stored

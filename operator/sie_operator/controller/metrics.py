@@ -72,3 +72,14 @@ class ReconcileMetrics:
             ["state"],
             registry=r,
         )
+        self.leading = Gauge(
+            "sie_operator_leading",
+            "1 while this replica runs the controller (always without --leader-election; "
+            "with it, while it holds the Lease), else 0.",
+            registry=r,
+        )
+        self.terms = Counter(
+            "sie_operator_leader_terms_total",
+            "Terms of control this process started (each won Lease, or the one term without election).",
+            registry=r,
+        )

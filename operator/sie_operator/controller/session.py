@@ -59,6 +59,7 @@ class Session:
         )
         self._auth = auth
         self._opts = opts
+        self._metrics = metrics
         self._stop = asyncio.Event()
         self._driver_task: asyncio.Task[None] | None = None
         self._kopf: KopfThread | None = None
@@ -78,6 +79,8 @@ class Session:
         return self._kopf is not None and self._kopf.running
 
     async def start(self) -> None:
+        self._metrics.terms.inc()
+        self._metrics.leading.set(1)
         self._driver_task = asyncio.create_task(self.driver.run(self._stop), name="reconcile-driver")
         self._kopf = KopfThread(
             loop=asyncio.get_running_loop(),
@@ -90,6 +93,7 @@ class Session:
 
     async def stop(self) -> None:
         """Stop writing first (the driver), then the watch; bounded."""
+        self._metrics.leading.set(0)
         self._stop.set()
         if self._driver_task is not None:
             try:

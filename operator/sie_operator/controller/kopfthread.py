@@ -24,6 +24,15 @@ from .handlers import build_registry, configure
 log = logging.getLogger("sie_operator.operator")
 
 
+def _not_the_thread_warning(record: logging.LogRecord) -> bool:
+    """kopf warns on every start that it cannot take the signals in a thread; by design the
+    owning loop takes SIGTERM/SIGINT and stops kopf through its stop flag."""
+    return "OS signals are ignored" not in record.getMessage()
+
+
+logging.getLogger("kopf._core.reactor.running").addFilter(_not_the_thread_warning)
+
+
 class KopfThread:
     """One kopf run: ``start()``, then ``await stop()``; ``failed`` says whether it died."""
 

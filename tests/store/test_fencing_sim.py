@@ -1,0 +1,183 @@
+"""The JetStream store's fencing against thousands of seeded schedules, and against its mutants.
+
+``store_world.World`` plays a JetStream stream (both expected-sequence headers, one retained
+message per subject), the network and 2-3 config-service replicas whose commits are decided
+by the pure functions of ``sie_operator.store.jetstream`` (see its docstring for the faults
+and the invariants H1-H3, A1-A2, M, Q and L). Each mutant below is a plausible mistake in
+those functions; the simulation must catch every one of them, or it is not testing what it
+claims to.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from store_world import LAST, SUBJECT, InvariantError, World, run_schedule
+
+from sie_operator.store import jetstream as J
+from sie_operator.store.base import StoreRecord
+
+SCHEDULES = 3_000
+BUG = pytest.mark.xfail(strict=True, reason="a refused write can have landed (fixed next)")
+CHUNKS = 4
+
+
+@BUG
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_random_schedules_keep_every_invariant(chunk: int) -> None:
+    size = SCHEDULES // CHUNKS
+    started = time.perf_counter()
+    failures = []
+    for seed in range(chunk * size, (chunk + 1) * size):
+        try:
+            run_schedule(seed)
+        except InvariantError as exc:
+            failures.append(f"seed {seed}: {exc}")
+    elapsed = time.perf_counter() - started
+    print(f"{size} schedules in {elapsed:.1f} s ({size / elapsed:.0f}/s), {len(failures)} failed")
+    assert not failures, "\n".join(failures[:3])
+
+
+@BUG
+def test_the_schedules_exercise_every_fault() -> None:
+    """Refusals, commits that end behind, and writers racing on one model all happen."""
+    refused = behind = 0
+    for seed in range(200):
+        w = run_schedule(seed)
+        refused += w.refused
+        behind += w.behind
+    assert refused > 200 and behind > 200, (refused, behind)
+
+
+# -- mutants: each must fail some schedule ------------------------------------------------------
+
+_plan_appends, _settle, _accept = J.plan_appends, J.settle, J.FollowState.accept
+
+
+def without_header(name: str) -> Callable[..., list[J.Append]]:
+    def plan(*args: Any, **kw: Any) -> list[J.Append]:
+        return [
+            replace(a, headers={k: v for k, v in a.headers.items() if k != name})
+            for a in _plan_appends(*args, **kw)
+        ]
+
+    return plan
+
+
+def expect_the_base_for_all(*args: Any, **kw: Any) -> list[J.Append]:
+    """Every append of a batch expects the stream to end where the batch started."""
+    out = _plan_appends(*args, **kw)
+    base = out[0].headers[LAST] if out else "0"
+    return [replace(a, headers={**a.headers, LAST: base}) for a in out]
+
+
+def expect_the_subject_one_later(*args: Any, **kw: Any) -> list[J.Append]:
+    """The subject condition off by one: the sequence of the batch's base instead of the model's."""
+    out = _plan_appends(*args, **kw)
+    return [replace(a, headers={**a.headers, SUBJECT: a.headers[LAST]}) for a in out]
+
+
+def timeouts_count_as_landed(
+    state: J.FollowState,
+    writes: Sequence[tuple[str, str]],
+    appends: Sequence[J.Append],
+    results: Sequence[int | BaseException],
+    publish_error: str | None = None,
+) -> J.Settled:
+    """An append with no answer is taken as stored (only a refusal counts as a failure)."""
+    fixed = [a.seq if isinstance(r, TimeoutError) else r for a, r in zip(appends, results, strict=False)]
+    return _settle(state, writes, appends, fixed, publish_error)
+
+
+def accept_everything(self: J.FollowState, rec: StoreRecord) -> bool:
+    """Take records at or below applied_seq too (our own writes, applied again)."""
+    self.applied_seq = rec.seq
+    self.epoch = max(self.epoch, rec.epoch)
+    self.subject_seqs[J.model_key(rec.model_id)] = rec.seq
+    return True
+
+
+MUTANTS: dict[str, tuple[Any, str, Callable[..., Any], int]] = {
+    # name: (owner, function replaced, mutant, schedules to try)
+    "no Nats-Expected-Last-Subject-Sequence": (J, "plan_appends", without_header(SUBJECT), 300),
+    "no Nats-Expected-Last-Sequence": (J, "plan_appends", without_header(LAST), 300),
+    "every append expects the batch's base": (J, "plan_appends", expect_the_base_for_all, 300),
+    "subject sequence from the stream's": (J, "plan_appends", expect_the_subject_one_later, 300),
+    "an unanswered append counts as stored": (J, "settle", timeouts_count_as_landed, 300),
+    "accept records at or below applied_seq": (J.FollowState, "accept", accept_everything, 300),
+}
+
+
+@pytest.mark.parametrize("name", list(MUTANTS))
+def test_the_simulation_catches_the_mutant(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    owner, attr, mutant, tries = MUTANTS[name]
+    monkeypatch.setattr(owner, attr, mutant)
+    failed = 0
+    kinds: dict[str, int] = {}
+    for seed in range(tries):
+        try:
+            run_schedule(seed)
+        except (InvariantError, AssertionError) as exc:
+            failed += 1
+            kind = str(exc).split(":")[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+    print(f"{name}: {failed}/{tries} schedules fail {kinds}")
+    assert failed, f"mutant '{name}' survived {tries} schedules"
+
+
+# -- named schedules -------------------------------------------------------------------------------
+
+
+def quiet_world(replicas: int = 1) -> World:
+    """A world with no random faults: the test drives every step."""
+    w = World(random.Random(0))
+    for _ in range(replicas):
+        w.add_replica()
+    w.calm = True
+    return w
+
+
+def attempts_time_out(w: World, times: int) -> None:
+    """Replica 0's commit gets no answer in time, ``times`` times over; nothing lands yet."""
+    for _ in range(times):
+        w.start_commit(0, limit=1)
+        w.timeout(0)  # catch-up: the stream's end is where it was, nothing of ours there
+        w.check()
+
+
+@BUG
+def test_named_an_early_attempt_lands_late_and_the_write_is_still_refused() -> None:
+    """Bug A2: the first three attempts of a write stay in flight past their timeouts; the
+    first then lands while the last is refused, and the write was answered StoreConflict
+    ("nothing was changed") although its model now holds it."""
+    w = quiet_world()
+    write = w.submit(0, "org/m1")
+    attempts_time_out(w, 3)
+    w.start_commit(0, limit=1)  # the last attempt
+    for _ in range(4):
+        w.serve(0)  # the first lands at 1, the other three are refused
+    while w.acks[0]:
+        w.ack(0)
+    w.deliver(0)
+    assert write.answer is not None and write.answer[0] == "stored"
+    w.quiesce()
+    w.check_quiet()
+
+
+@BUG
+def test_named_an_attempt_lands_after_the_write_was_refused() -> None:
+    """Bug H3: all four attempts time out and the write is answered StoreConflict; then the
+    first, still in flight, lands."""
+    w = quiet_world()
+    write = w.submit(0, "org/m1")
+    attempts_time_out(w, 4)
+    assert write.answer == ("unconfirmed",)  # not "nothing was changed": it may still land
+    w.serve(0)
+    assert [m.tag for m in w.history] == [write.tags[0]]
+    w.quiesce()
+    w.check_quiet()

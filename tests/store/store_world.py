@@ -15,12 +15,15 @@ of ``ConfigService``: a committer taking batches of distinct (lower-cased) model
 queue, planning each against the registry (a model is a set of profiles, a write adds one,
 merging as the registry does; a case twin of a stored id is rejected), committing, and
 after a result that is not in order absorbing what the follower brought, answering the
-writes that landed and re-planning the others (``CONFLICT_RETRIES`` times, then
-StoreConflict); a follower that delivers the retained messages in stream order with any
-lag and is drained into the registry whenever the committer is idle. Faults: publishes
-failing part-way through a pipelined batch, lost acknowledgements, connection losses that
-drop part of what is in flight, crashes and restarts (the state rebuilt from the retained
-stream), concurrent writers on the same model, on case twins and on different models.
+writes that landed and re-planning the others (after ``CONFLICT_RETRIES`` retries the
+last plan answers it unchanged if it is there by now, else StoreUnconfirmed while an
+unanswered append of it could still land, else StoreConflict); a follower that delivers
+the retained messages in stream order with any lag and is drained into the registry
+whenever the committer is idle. Faults: publishes failing part-way through a pipelined
+batch, lost acknowledgements, publishes landing after their writer timed out, connection
+losses that drop part of what is in flight, crashes and restarts (the state rebuilt from
+the retained stream), concurrent writers on the same model, on case twins and on
+different models.
 
 Invariants, checked after every step (H1-H3 as each message lands, A1-A2 as each write
 is answered):
@@ -85,7 +88,7 @@ class Write:
     wid: int
     model_id: str
     profile: str
-    answer: tuple[Any, ...] | None = None  # ("stored", epoch, changed) / ("conflict",) / ("rejected",)
+    answer: tuple[Any, ...] | None = None  # ("stored", epoch, changed), ("conflict",), ("unconfirmed",)...
     tags: list[str] = field(default_factory=list)  # of its attempts
 
 
@@ -108,6 +111,7 @@ class Entry:
 class Pending:
     write: Write
     attempts: int = 0
+    doubt: int = 0  # the highest epoch an unanswered append of it would land with
 
 
 @dataclass
@@ -118,6 +122,8 @@ class Commit:
     published: int  # appends handed to the connection
     publish_error: str | None
     futures: int  # acknowledgements awaited (a publish that raised has one, never resolved)
+    first: int  # the epoch of the first write
+    unconfirmed: tuple[int, ...] = ()
     acks: dict[int, int | BaseException] = field(default_factory=dict)
     target: int | None = None  # behind: the stream end to catch up to
 
@@ -311,6 +317,9 @@ class World:
             if entry is not None and w.profile in entry.profiles:
                 self.answer(w, "stored", entry.epoch, False)
                 continue
+            if item.attempts > CONFLICT_RETRIES:  # ConfigService._refuse
+                self.answer(w, "unconfirmed" if item.doubt > r.epoch else "conflict")
+                continue
             new = (entry.profiles if entry else frozenset()) | {w.profile}
             planned.append((item, w.model_id, new))
             plans.append(Plan(w, key, entry.profiles if entry else None, new))
@@ -318,7 +327,7 @@ class World:
             return
         writes = [(mid, text_of(new)) for _, mid, new in planned]
         if J.unapplied(r.state, r.inbox):
-            self.absorb(i, planned, CommitResult([None] * len(planned), False))
+            self.absorb(i, planned, CommitResult([None] * len(planned), False), r.epoch + 1)
             return
         try:
             appends = J.plan_appends(r.state, STREAM, writes, r.epoch + len(planned), r.writer_id, r.counter)
@@ -335,7 +344,8 @@ class World:
             p.write.tags.append(a.tag)
         for a in appends[:published]:
             self.wire[i].append((r.incarnation, a))
-        r.commit = Commit(planned, writes, appends, published, error, published + (error is not None))
+        futures = published + (error is not None)
+        r.commit = Commit(planned, writes, appends, published, error, futures, r.epoch + 1)
 
     def timeout(self, i: int) -> None:
         c = self.replicas[i].commit
@@ -361,6 +371,7 @@ class World:
                 self.answer(item.write, "stored", first + k, True)
             return
         self.behind += 1
+        c.unconfirmed = settled.unconfirmed
         c.target = self.last_seq  # catch_up: the stream's end as of now
         if r.delivered >= c.target:
             self.caught_up(i)
@@ -371,23 +382,24 @@ class World:
         assert c is not None
         r.commit = None
         landed = J.landed_epochs([a.tag for a in c.appends], J.unapplied(r.state, r.inbox))
-        self.absorb(i, c.planned, CommitResult(landed, False))
+        unsure = tuple(k for k in c.unconfirmed if landed[k] is None)
+        self.absorb(i, c.planned, CommitResult(landed, False, unsure), c.first)
 
     def absorb(
-        self, i: int, planned: list[tuple[Pending, str, frozenset[str]]], result: CommitResult
+        self, i: int, planned: list[tuple[Pending, str, frozenset[str]]], result: CommitResult, first: int
     ) -> None:
-        """ConfigService._absorb."""
+        """ConfigService._absorb: answer what landed, re-plan the rest (refused there at last)."""
         r = self.replicas[i]
         self.apply_records(r, self.drain(r))
         retry = []
-        for (item, _, _), epoch in zip(planned, result.landed, strict=True):
+        for k, ((item, _, _), epoch) in enumerate(zip(planned, result.landed, strict=True)):
             if epoch is not None:
                 self.answer(item.write, "stored", epoch, True)
-            elif item.attempts < CONFLICT_RETRIES:
+            else:
+                if k in result.unconfirmed:
+                    item.doubt = max(item.doubt, first + k)
                 item.attempts += 1
                 retry.append(item)
-            else:
-                self.answer(item.write, "conflict")
         r.queue.extendleft(reversed(retry))
 
     # -- processes -------------------------------------------------------------------------
@@ -524,12 +536,19 @@ class World:
         for r in self.replicas:
             if not r.alive:
                 continue
-            now = {"epoch": r.epoch, "state.epoch": r.state.epoch, "applied": r.state.applied_seq}
-            now.update({f"model {k}": e.epoch for k, e in r.registry.items()})
-            for k, v in now.items():
-                if v < r.seen.get(k, 0):
-                    self.fail(f"M: {r.name}'s {k} went back from {r.seen[k]} to {v}")
-                r.seen[k] = v
+            seen = r.seen
+            for k, v in (
+                ("epoch", r.epoch),
+                ("state.epoch", r.state.epoch),
+                ("applied", r.state.applied_seq),
+            ):
+                if v < seen.get(k, 0):
+                    self.fail(f"M: {r.name}'s {k} went back from {seen[k]} to {v}")
+                seen[k] = v
+            for k, e in r.registry.items():
+                if e.epoch < seen.get(k, 0):
+                    self.fail(f"M: {r.name}'s model {k} went back from epoch {seen[k]} to {e.epoch}")
+                seen[k] = e.epoch
 
     def check_quiet(self) -> None:
         want = {m.key: Entry(m.model_id, m.epoch, m.profiles) for m in self.retained.values()}

@@ -25,7 +25,9 @@ fully acknowledged batch is applied directly by the writer. On any failure the s
 *behind*: it waits until its follower has received everything up to the stream's end,
 and the service absorbs those records (its own writes that landed among them, recognised
 by their writer tag) through the same path as records written by other replicas; the
-writes that did not land are refused and nothing else is touched.
+writes that did not land are handed back to be re-planned, those whose append got no
+answer marked ``unconfirmed``: such an append can still land later, but only while the
+stream ends where it ended when the append was planned (tests/store/ simulates all this).
 
 Hot follower: an ordered push consumer delivers every message of the stream (from the
 first at startup); records with a sequence the service has already applied (its own
@@ -63,7 +65,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from sie_operator.natsconn import NatsAuth, bounded_close, connect_options, redact_url
-from sie_operator.store.base import CommitResult, StoreRecord
+from sie_operator.store.base import CommitResult, StoreRecord, StoreUnconfirmed
 from sie_operator.store.fs import StoredModel, StoreError
 
 log = logging.getLogger(__name__)
@@ -221,11 +223,14 @@ def plan_appends(
 class Settled:
     """What the acknowledgements of a commit mean: ``result`` when every append landed as
     planned (``state`` is then the state after it), else None and ``error`` says why the
-    store is behind (``state`` is unchanged: the follower brings the landed ones)."""
+    store is behind (``state`` is unchanged: the follower brings the landed ones), and
+    ``unconfirmed`` lists the writes whose append JetStream did not refuse (it may have
+    landed, or land later)."""
 
     result: CommitResult | None
     state: FollowState
     error: str | None = None
+    unconfirmed: tuple[int, ...] = ()
 
 
 def settle(
@@ -251,7 +256,8 @@ def settle(
     if error is None:
         bad = next((r for r, a in zip(results, acked, strict=False) if a is None), None)
         error = _describe_failure(bad) if bad is not None else "not every append was published"
-    return Settled(None, state, error)
+    unconfirmed = tuple(i for i, r in enumerate(results) if not isinstance(r, AppendRefused))
+    return Settled(None, state, error, unconfirmed)
 
 
 def unapplied(state: FollowState, records: Sequence[StoreRecord]) -> list[StoreRecord]:
@@ -657,9 +663,15 @@ class JetStreamStore:
         log.warning(
             "JetStream store %s: append refused or unconfirmed (%s); catching up", self.stream, settled.error
         )
-        await self.catch_up(2 * self.op_timeout)  # StoreError if it cannot: writes stay unanswered
+        try:
+            await self.catch_up(2 * self.op_timeout)
+        except StoreError as exc:
+            if settled.unconfirmed:
+                raise StoreUnconfirmed(f"{settled.error}; then {exc}") from exc
+            raise
         landed = landed_epochs([a.tag for a in appends], unapplied(self.state, self._inbox))
-        return CommitResult(landed, False)
+        unsure = tuple(i for i in settled.unconfirmed if landed[i] is None)
+        return CommitResult(landed, False, unsure)
 
     async def maintain(self) -> None:
         """Catch up after a failure; re-create a follower that stopped behind the stream end."""

@@ -160,6 +160,8 @@ class World:
     trace: list[str] = field(default_factory=list)
     refused: int = 0  # appends JetStream refused
     behind: int = 0  # commits that were not in order
+    late: int = 0  # appends that landed after their writer stopped waiting for them
+    skipped: int = 0  # messages a follower never saw (replaced before it got there)
 
     # -- setup ---------------------------------------------------------------------------
     def add_replica(self) -> None:
@@ -208,6 +210,10 @@ class World:
         """The next publish on replica i's connection reaches the server."""
         incarnation, a = self.wire[i].popleft()
         result = self.append(a)
+        r, c = self.replicas[i], self.replicas[i].commit
+        waiting = r.alive and r.incarnation == incarnation and c is not None and c.target is None
+        if isinstance(result, int) and not (waiting and c is not None and a in c.appends):
+            self.late += 1
         if not self.calm and self.rng.random() < 0.15:
             self.trace.append(f"  ack of {a.tag} lost")
             return
@@ -232,6 +238,7 @@ class World:
         r = self.replicas[i]
         nxt = self.next_retained(r.delivered)
         assert nxt is not None
+        self.skipped += nxt.seq - r.delivered - 1
         r.delivered = nxt.seq
         r.inbox.append(J.decode_record(nxt.seq, nxt.payload))
         if r.commit is not None and r.commit.target is not None and r.delivered >= r.commit.target:

@@ -10,6 +10,7 @@ claims to.
 
 from __future__ import annotations
 
+import collections
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -42,13 +43,20 @@ def test_random_schedules_keep_every_invariant(chunk: int) -> None:
 
 
 def test_the_schedules_exercise_every_fault() -> None:
-    """Refusals, commits that end behind, and writers racing on one model all happen."""
-    refused = behind = 0
-    for seed in range(200):
+    """Each fault and each kind of answer happens in the first 500 schedules."""
+    seen: collections.Counter[str] = collections.Counter()
+    for seed in range(500):
         w = run_schedule(seed)
-        refused += w.refused
-        behind += w.behind
-    assert refused > 200 and behind > 200, (refused, behind)
+        seen.update(refused=w.refused, behind=w.behind, late=w.late, skipped=w.skipped)
+        seen.update("answer " + str(x.answer[0] if x.answer else None) for x in w.writes)
+        seen.update(
+            "answer unchanged" for x in w.writes if x.answer and x.answer[0] == "stored" and not x.answer[2]
+        )
+    print(dict(seen))
+    for kind in ("refused", "behind", "late", "skipped"):
+        assert seen[kind] > 10, (kind, seen)
+    for answer in ("stored", "unchanged", "rejected", "conflict", "unconfirmed", "lost"):
+        assert seen[f"answer {answer}"], (answer, seen)
 
 
 # -- mutants: each must fail some schedule ------------------------------------------------------

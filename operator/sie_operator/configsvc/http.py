@@ -36,7 +36,7 @@ from sie_operator.catalog import yamlio
 from sie_operator.catalog.ids import InvalidModelId, validate_model_id
 from sie_operator.catalog.modelspec import InvalidModelSpec, parse_model_spec
 from sie_operator.catalog.registry import CaseConflict, ContentConflict, ValidationFailed, WriteRejected
-from sie_operator.store import StoreConflict, StoreError
+from sie_operator.store import StoreConflict, StoreError, StoreUnconfirmed
 
 from .auth import Authenticator, AuthFailure, token_of
 from .idempotency import CachedResponse, IdempotencyCache, IdempotencyInFlight, IdempotencyMismatch
@@ -507,6 +507,9 @@ class ConfigApi:
             resp = error_response(503, "store_conflict", msg)
             resp.headers["Retry-After"] = "1"
             return resp, None
+        except StoreUnconfirmed as exc:
+            msg = f"Config store write not confirmed; it may have been stored: {exc}"
+            return error_response(503, "store_unavailable", msg), None
         except StoreError as exc:
             msg = f"Config store write failed; nothing was changed: {exc}"
             return error_response(503, "store_unavailable", msg), None

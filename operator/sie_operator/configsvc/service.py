@@ -19,7 +19,9 @@ a plan always sees everything applied before it; the epoch only moves forward. A
 the stream refuses (another writer was first) or cannot confirm makes the service absorb
 what did land (its own writes among it) and refuse the rest: the refused writes are
 re-planned against the absorbed state and retried (a few times), then answered
-``503 store_conflict``.
+``503 store_conflict`` -- unless an append of it may still land (it was never answered),
+then ``503 store_unavailable`` saying so (StoreUnconfirmed). A write whose earlier attempt
+did land meanwhile is found by the last plan and answered unchanged.
 
 Leadership: ``leadership`` (``None``: always writable) gates every write before it is
 queued and again right before the store append; see ``leadership.py``.
@@ -57,6 +59,7 @@ from sie_operator.store import (
     StoredModel,
     StoreError,
     StoreRecord,
+    StoreUnconfirmed,
 )
 from sie_operator.store.jetstream import JetStreamStore
 
@@ -126,6 +129,7 @@ class _Pending:
     future: asyncio.Future[ApplyResult]
     key: str | None  # lower-cased model id, to keep two writes of one model apart
     attempts: int = 0  # store conflicts so far (re-planned after absorbing, CONFLICT_RETRIES times)
+    doubt: int = 0  # the highest epoch an unanswered append of it would land with (0: none)
 
 
 @dataclass
@@ -594,6 +598,9 @@ class ConfigService:
                     ApplyResult(plan.model_id, [], plan.skipped, [], {}, entry.epoch, False, entry)
                 )
                 continue
+            if item.attempts > CONFLICT_RETRIES:
+                self._refuse(item)
+                continue
             if self.publisher is not None and not self.publisher.connected:
                 item.future.set_exception(NatsUnavailable())
                 continue
@@ -618,7 +625,7 @@ class ConfigService:
                         item.future.set_exception(exc)
                 return
             if not result.in_order:
-                self._absorb(planned, result, applied, want_hashes)
+                self._absorb(planned, result, first, applied, want_hashes)
                 if not applied:
                     return
                 self._update_gauges()
@@ -656,37 +663,55 @@ class ConfigService:
         self,
         planned: list[tuple[_Pending, WritePlan, str]],
         result: CommitResult,
+        first: int,
         applied: list[_Applied],
         want_hashes: bool,
     ) -> None:
         """After an append that did not land whole and in order: apply what the stream now
         holds (other writers' records and those of ours that landed), answer our landed
-        writes from it, retry each refused write (re-planned) a few times, then refuse it."""
+        writes from it, and queue the others to be re-planned: a few times they are retried,
+        then the last plan refuses them (:meth:`_refuse`) -- or answers one unchanged whose
+        earlier attempt did land meanwhile."""
         registry = self.registry
         assert registry is not None and self.store is not None
         self._apply_records(self.store.drain())
         retry: list[_Pending] = []
-        for (item, plan, _), epoch in zip(planned, result.landed, strict=True):
+        for i, ((item, plan, _), epoch) in enumerate(zip(planned, result.landed, strict=True)):
             if epoch is not None:
                 entry = registry.get(plan.model_id)
                 assert entry is not None
                 hashes = {b: registry.bundle_hash(b) for b in plan.bundles} if want_hashes else {}
                 applied.append(_Applied(item, plan, entry, epoch, hashes))
-            elif item.attempts < CONFLICT_RETRIES and not item.future.done():
+            elif not item.future.done():
+                if i in result.unconfirmed:
+                    item.doubt = max(item.doubt, first + i)
                 item.attempts += 1
                 retry.append(item)
-                self.metrics.store_conflicts.labels(outcome="retried").inc()
-            elif not item.future.done():
-                self.metrics.store_conflicts.labels(outcome="refused").inc()
-                item.future.set_exception(
-                    StoreConflict(
-                        "another config service replica wrote to the store at the same time; "
-                        "nothing was changed, retry"
-                    )
-                )
+                if item.attempts <= CONFLICT_RETRIES:
+                    self.metrics.store_conflicts.labels(outcome="retried").inc()
         self._count_store_writes("success", len(applied))
         self._count_store_writes("failure", len(planned) - len(applied))
         self._queue.extendleft(reversed(retry))  # first in line, in their original order
+
+    def _refuse(self, item: _Pending) -> None:
+        """A write the store kept refusing, planned once more and still a change: StoreConflict
+        when nothing of it can land any more, StoreUnconfirmed while an unanswered append of
+        it still could (its epoch is beyond everything applied here, after a catch-up)."""
+        self.metrics.store_conflicts.labels(outcome="refused").inc()
+        if item.doubt > self.epoch:
+            item.future.set_exception(
+                StoreUnconfirmed(
+                    "the store did not confirm the write and it may still be stored; retry it "
+                    "(once stored it is answered unchanged)"
+                )
+            )
+        else:
+            item.future.set_exception(
+                StoreConflict(
+                    "another config service replica wrote to the store at the same time; "
+                    "nothing was changed, retry"
+                )
+            )
 
     def _resolve(self, applied: list[_Applied]) -> None:
         for a in applied:

@@ -1,7 +1,7 @@
 """Durable model stores used by the config service: a local directory (SIE layout) or a
 replicated JetStream stream, both behind the async :class:`ConfigStore` interface."""
 
-from sie_operator.store.base import CommitResult, ConfigStore, StoreConflict, StoreRecord
+from sie_operator.store.base import CommitResult, ConfigStore, StoreConflict, StoreRecord, StoreUnconfirmed
 from sie_operator.store.directory import DirectoryStore
 from sie_operator.store.fs import Durability, FileStore, StoreCorrupt, StoredModel, StoreError
 
@@ -15,5 +15,6 @@ __all__ = [
     "StoreCorrupt",
     "StoreError",
     "StoreRecord",
+    "StoreUnconfirmed",
     "StoredModel",
 ]

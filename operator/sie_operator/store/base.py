@@ -27,6 +27,12 @@ class StoreConflict(StoreError):
     write retried now is planned against the current content and can succeed."""
 
 
+class StoreUnconfirmed(StoreError):
+    """The store neither confirmed nor refused a write: it may have been stored, or may
+    still be (an append in flight lands later). Retrying it is safe: a write already stored
+    is then answered unchanged."""
+
+
 @dataclass(frozen=True)
 class StoreRecord:
     """One stored model write as the stream holds it (follower path)."""
@@ -45,10 +51,17 @@ class CommitResult:
     ``in_order`` is True when every write landed exactly as submitted with nothing
     from another writer in between: the service may then apply its own writes directly.
     Otherwise it must apply :meth:`ConfigStore.drain` (its landed writes are among those
-    records) and answer only the writes with an epoch."""
+    records) and answer only the writes with an epoch.
+
+    ``unconfirmed``: the indices of writes without an epoch whose append was neither
+    acknowledged nor refused (no answer in time, connection lost): such an append may still
+    land later, with the epoch it was planned with, until the store's epoch has reached that
+    one (the stream only grows, and an append lands only where the stream ended when it was
+    planned). The other writes without an epoch cannot land any more."""
 
     landed: list[int | None]
     in_order: bool
+    unconfirmed: tuple[int, ...] = ()
 
 
 class ConfigStore(Protocol):

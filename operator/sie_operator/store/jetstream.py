@@ -25,7 +25,9 @@ fully acknowledged batch is applied directly by the writer. On any failure the s
 *behind*: it waits until its follower has received everything up to the stream's end,
 and the service absorbs those records (its own writes that landed among them, recognised
 by their writer tag) through the same path as records written by other replicas; the
-writes that did not land are refused and nothing else is touched.
+writes that did not land are handed back to be re-planned, those whose append got no
+answer marked ``unconfirmed``: such an append can still land later, but only while the
+stream ends where it ended when the append was planned (tests/store/ simulates all this).
 
 Hot follower: an ordered push consumer delivers every message of the stream (from the
 first at startup); records with a sequence the service has already applied (its own
@@ -34,8 +36,11 @@ consumer from the last delivered sequence if it stops making progress behind the
 end (nats-py resets an ordered consumer itself after missed heartbeats; this is the
 belt to those braces, e.g. after a JetStream leader change).
 
-Pure helpers (subjects, records, headers, :class:`FollowState`) come first; the adapter
-(:class:`JetStreamStore`) owns the NATS connection.
+Pure helpers (subjects, records, headers, :class:`FollowState`) and the decisions of a
+commit (:func:`plan_appends`: what to publish with which conditions; :func:`settle`: fully
+acknowledged or behind; :func:`landed_epochs`: which of ours the follower brought) come
+first, so tests/store/ can drive them against a model of JetStream; the adapter
+(:class:`JetStreamStore`) owns the NATS connection and only does the I/O.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from sie_operator.natsconn import NatsAuth, bounded_close, connect_options, redact_url
-from sie_operator.store.base import CommitResult, StoreRecord
+from sie_operator.store.base import CommitResult, StoreRecord, StoreUnconfirmed
 from sie_operator.store.fs import StoredModel, StoreError
 
 log = logging.getLogger(__name__)
@@ -152,6 +157,113 @@ def landed_epochs(tags: Sequence[str], records: Sequence[StoreRecord]) -> list[i
     """For each write tag, the epoch of its record among ``records`` (None: did not land)."""
     by_tag = {r.writer: r.epoch for r in records}
     return [by_tag.get(t) for t in tags]
+
+
+class AppendRefused(StoreError):
+    """JetStream refused an append (``code`` 10071: an expected sequence did not match)."""
+
+    def __init__(self, code: int, description: str) -> None:
+        self.code = code
+        super().__init__(f"JetStream refused the append: {description} (error {code})")
+
+
+def _describe_failure(exc: int | BaseException) -> str:
+    if isinstance(exc, AppendRefused) and exc.code == WRONG_LAST_SEQUENCE:
+        return f"another writer appended first ({exc})"
+    if isinstance(exc, BaseException):
+        return redact_url(str(exc)) or type(exc).__name__
+    return f"acknowledged at an unexpected stream sequence {exc}"
+
+
+@dataclass(frozen=True)
+class Append:
+    """One planned publish of a commit: where it goes, its two conditions, and what its
+    acknowledgement must say (``seq``: the stream sequence it lands at if accepted)."""
+
+    subject: str
+    headers: dict[str, str]
+    payload: bytes
+    tag: str
+    seq: int
+
+
+def plan_appends(
+    state: FollowState,
+    stream: str,
+    writes: Sequence[tuple[str, str]],
+    epoch: int,
+    writer_id: str,
+    counter: int,
+) -> list[Append]:
+    """The appends of one commit planned against ``state``: write ``i`` expects the stream
+    to end at ``applied_seq + i`` and its model's subject at the last write known here, and
+    carries epoch ``epoch - k + 1 + i`` and tag ``writer_id:counter + 1 + i``. StoreError if
+    the epochs do not follow the applied epoch (the caller planned against another state)."""
+    k = len(writes)
+    base = state.applied_seq
+    first = epoch - k + 1
+    if first != state.epoch + 1:
+        raise StoreError(f"epoch {first} does not follow the stored epoch {state.epoch}")
+    out = []
+    for i, (mid, text) in enumerate(writes):
+        tag = f"{writer_id}:{counter + 1 + i}"
+        out.append(
+            Append(
+                subject_for(stream, mid),
+                append_headers(base + i, state.subject_seqs.get(model_key(mid), 0)),
+                encode_record(mid, text, first + i, tag),
+                tag,
+                base + 1 + i,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What the acknowledgements of a commit mean: ``result`` when every append landed as
+    planned (``state`` is then the state after it), else None and ``error`` says why the
+    store is behind (``state`` is unchanged: the follower brings the landed ones), and
+    ``unconfirmed`` lists the writes whose append JetStream did not refuse (it may have
+    landed, or land later)."""
+
+    result: CommitResult | None
+    state: FollowState
+    error: str | None = None
+    unconfirmed: tuple[int, ...] = ()
+
+
+def settle(
+    state: FollowState,
+    writes: Sequence[tuple[str, str]],
+    appends: Sequence[Append],
+    results: Sequence[int | BaseException],
+    publish_error: str | None = None,
+) -> Settled:
+    """Decide a commit from its acknowledgements (a stream sequence or the exception, one
+    per append that was published): fully acknowledged at the planned sequences and
+    nothing failed to publish, or behind."""
+    k = len(writes)
+    acked = [r if isinstance(r, int) and r == a.seq else None for a, r in zip(appends, results, strict=False)]
+    if publish_error is None and len(acked) == k and all(a is not None for a in acked):
+        subject_seqs = dict(state.subject_seqs)
+        for (mid, _), a in zip(writes, appends, strict=True):
+            subject_seqs[model_key(mid)] = a.seq
+        epochs: list[int | None] = [state.epoch + 1 + i for i in range(k)]
+        after = FollowState(state.applied_seq + k, state.epoch + k, subject_seqs)
+        return Settled(CommitResult(epochs, True), after)
+    error = publish_error
+    if error is None:
+        bad = next((r for r, a in zip(results, acked, strict=False) if a is None), None)
+        error = _describe_failure(bad) if bad is not None else "not every append was published"
+    unconfirmed = tuple(i for i, r in enumerate(results) if not isinstance(r, AppendRefused))
+    return Settled(None, state, error, unconfirmed)
+
+
+def unapplied(state: FollowState, records: Sequence[StoreRecord]) -> list[StoreRecord]:
+    """The records of ``records`` beyond what ``state`` has applied (others', or ours that
+    landed out of order)."""
+    return [r for r in records if r.seq > state.applied_seq]
 
 
 # -- adapter ----------------------------------------------------------------------------
@@ -508,35 +620,25 @@ class JetStreamStore:
         k = len(writes)
         if self._behind:
             await self.catch_up(self.op_timeout)  # raises if still failing
-        if any(r.seq > self.state.applied_seq for r in self._inbox):
+        if unapplied(self.state, self._inbox):
             # others' records arrived after the service planned: its plans may be stale, so
             # append nothing; the service absorbs them and re-plans
             return CommitResult([None] * k, False)
-        base = self.state.applied_seq
-        first = epoch - k + 1
-        if first != self.state.epoch + 1:
-            raise StoreError(f"epoch {first} does not follow the stored epoch {self.state.epoch}")
+        appends = plan_appends(self.state, self.stream, writes, epoch, self.writer_id, self._writes)
         nc = self._nc
         assert nc is not None
         loop = asyncio.get_running_loop()
-        tags = []
         futures: list[asyncio.Future[int]] = []
         error: str | None = None
         try:
-            for i, (mid, text) in enumerate(writes):
+            for a in appends:
                 self._writes += 1
-                tag = f"{self.writer_id}:{self._writes}"
-                tags.append(tag)
-                headers = append_headers(base + i, self.state.subject_seqs.get(model_key(mid), 0))
                 fut: asyncio.Future[int] = loop.create_future()
                 token = f"{self.writer_id}{self._writes}"
                 self._acks[token] = fut
                 futures.append(fut)
                 await nc.publish(
-                    subject_for(self.stream, mid),
-                    encode_record(mid, text, first + i, tag),
-                    reply=f"{self._reply_prefix}.{token}",
-                    headers=headers,
+                    a.subject, a.payload, reply=f"{self._reply_prefix}.{token}", headers=a.headers
                 )
         except Exception as exc:
             error = f"publish failed: {redact_url(str(exc)) or type(exc).__name__}"
@@ -553,21 +655,23 @@ class JetStreamStore:
                     results.append(f.exception() or f.result())
             for t in [t for t, f in self._acks.items() if f.done()]:
                 del self._acks[t]
-        acked = [r if r == base + 1 + i else None for i, r in enumerate(results)]
-        if error is None and len(acked) == k and all(a is not None for a in acked):
-            for i, (mid, _) in enumerate(writes):
-                self.state.subject_seqs[model_key(mid)] = base + 1 + i
-            self.state.applied_seq = base + k
-            self.state.epoch = epoch
-            return CommitResult([first + i for i in range(k)], True)
-        if error is None:
-            bad = next(r for r, a in zip(results, acked, strict=True) if a is None)
-            error = _describe_failure(bad)
-        self._behind = error
-        log.warning("JetStream store %s: append refused or unconfirmed (%s); catching up", self.stream, error)
-        await self.catch_up(2 * self.op_timeout)  # StoreError if it cannot: writes stay unanswered
-        landed = landed_epochs(tags, [r for r in self._inbox if r.seq > self.state.applied_seq])
-        return CommitResult(landed, False)
+        settled = settle(self.state, writes, appends, results, error)
+        if settled.result is not None:
+            self.state = settled.state
+            return settled.result
+        self._behind = settled.error
+        log.warning(
+            "JetStream store %s: append refused or unconfirmed (%s); catching up", self.stream, settled.error
+        )
+        try:
+            await self.catch_up(2 * self.op_timeout)
+        except StoreError as exc:
+            if settled.unconfirmed:
+                raise StoreUnconfirmed(f"{settled.error}; then {exc}") from exc
+            raise
+        landed = landed_epochs([a.tag for a in appends], unapplied(self.state, self._inbox))
+        unsure = tuple(i for i in settled.unconfirmed if landed[i] is None)
+        return CommitResult(landed, False, unsure)
 
     async def maintain(self) -> None:
         """Catch up after a failure; re-create a follower that stopped behind the stream end."""
@@ -608,19 +712,3 @@ class JetStreamStore:
             await bounded_close(nc.close(), 2.0)
         self._js = None
         self._opened = False
-
-
-class AppendRefused(StoreError):
-    """JetStream refused an append (``code`` 10071: an expected sequence did not match)."""
-
-    def __init__(self, code: int, description: str) -> None:
-        self.code = code
-        super().__init__(f"JetStream refused the append: {description} (error {code})")
-
-
-def _describe_failure(exc: int | BaseException) -> str:
-    if isinstance(exc, AppendRefused) and exc.code == WRONG_LAST_SEQUENCE:
-        return f"another writer appended first ({exc})"
-    if isinstance(exc, BaseException):
-        return redact_url(str(exc)) or type(exc).__name__
-    return f"acknowledged at an unexpected stream sequence {exc}"

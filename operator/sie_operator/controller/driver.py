@@ -54,6 +54,9 @@ from .writes import WriteSnapshot, accepted_notice, classify_exception
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 5000
+# Events wait while status patches are queued (at most this long): under a burst the API
+# server is the bottleneck, and status is what `kubectl wait`, Argo CD and Flux read.
+EVENT_DEFER_MAX = 30.0
 
 
 def utcnow() -> str:
@@ -109,6 +112,9 @@ class Driver:
         self._write_sem = asyncio.Semaphore(write_concurrency)
         self._patch_sem = asyncio.Semaphore(patch_concurrency)
         self._event_sem = asyncio.Semaphore(event_concurrency)
+        self._patches_pending = 0
+        self._patches_idle = asyncio.Event()
+        self._patches_idle.set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listed_once = False
         self._gauges_at = 0.0
@@ -178,7 +184,9 @@ class Driver:
         if isinstance(e, StoreWrite):
             self._spawn(self._write(e.write), "store-write")
         elif isinstance(e, PatchStatus):
-            self._spawn(self._patch(e.ref, e.status), "status-patch")
+            self._patches_pending += 1
+            self._patches_idle.clear()
+            self._spawn(self._patch_counted(e.ref, e.status), "status-patch")
         elif isinstance(e, PostEvent):
             self._spawn(self._event(e.ref, e.notice.reason, e.notice.message, e.notice.warning), "event")
         elif isinstance(e, Confirm):
@@ -237,6 +245,14 @@ class Driver:
         )
         return StoreOutcome("accepted", epoch=int(result.epoch), profiles=profiles), notice
 
+    async def _patch_counted(self, ref: ObjectRef, status: Mapping[str, Any]) -> None:
+        try:
+            await self._patch(ref, status)
+        finally:
+            self._patches_pending -= 1
+            if self._patches_pending == 0:
+                self._patches_idle.set()
+
     async def _patch(self, ref: ObjectRef, status: Mapping[str, Any]) -> None:
         async with self._patch_sem:
             if not self.may_write():
@@ -266,6 +282,8 @@ class Driver:
         self.submit(PatchDone(ref, ObjectSnapshot.from_body(body) if isinstance(body, Mapping) else None))
 
     async def _event(self, ref: ObjectRef, reason: str, message: str, warning: bool) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._patches_idle.wait(), EVENT_DEFER_MAX)
         async with self._event_sem:
             if not self.may_write():
                 return

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sie_operator.controller.fleetview import FleetSnapshot, GatewayView
@@ -35,6 +35,8 @@ from sie_operator.controller.reconcile import (
     StoreWrite,
     Tick,
     WriteDone,
+    desired_status,
+    desired_write,
     is_ready,
     step,
 )
@@ -115,14 +117,45 @@ class World:
     patches_sent: int = 0
     ready_patched_by: dict[str, int] = field(default_factory=dict)  # uid -> id() of the core state
     trace: list[str] = field(default_factory=list)
+    # Like our gateways' readiness streams: a replica re-sends a model only when what it says
+    # of it changed (its epoch and hash in the object stay as they were sent), and each
+    # snapshot names the models that changed since the previous one (the core's O(changed)
+    # path). Off: every model's object is rebuilt each time and nothing says what changed.
+    stream_mode: bool = False
+    fast_fleet_updates: int = 0
+    full_fleet_updates: int = 0
+    fleet_seq: int = 0
+    last_fleet: FleetSnapshot | None = None
+    sent: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (gateway, key) -> object
 
     def __post_init__(self) -> None:
         self.gateways = [Replica(f"gw-{i}") for i in range(self.replicas)]
 
     # -- the core ------------------------------------------------------------------------
+    def _check_fleet_acted_on(self) -> None:
+        """I6: once the core has seen a fleet snapshot, no resource is left showing a status
+        that snapshot contradicts with nothing under way (a patch, a write, a timer, a wait
+        for a fresher snapshot): a fleet change the core skipped would stay wrong."""
+        st = self.state
+        if not st.synced:
+            return
+        for uid, rec in st.records.items():
+            if rec.patching or rec.inflight is not None or uid in st.timers or rec.accepted_at:
+                continue
+            desired = desired_status(rec, desired_write(st, rec.obj), st.fleet, f"t{int(self.now)}")
+            if desired is not None and status_changed(rec.obj.status, desired):
+                raise InvariantError(f"I6: {rec.obj.ref.display} left stale after a fleet snapshot")
+
     def feed(self, inp: Input) -> list[Effect]:
         before = {u: r.obj.status for u, r in self.state.records.items()}
+        if isinstance(inp, FleetSeen):
+            if inp.fleet.only_models_changed_since(self.state.fleet):
+                self.fast_fleet_updates += 1
+            else:
+                self.full_fleet_updates += 1
         effects = step(self.state, inp, now=self.now, wall=f"t{int(self.now)}", cfg=CFG)
+        if isinstance(inp, FleetSeen):
+            self._check_fleet_acted_on()
         for e in effects:
             if isinstance(e, StoreWrite):
                 self._check_owner(e.write)
@@ -286,8 +319,13 @@ class World:
                 acked = g.acked >= known[-1]
                 if acked:
                     self.reported_acked[(g.gid, key)] = max(self.reported_acked.get((g.gid, key), 0), g.epoch)
+                prev = self.sent.get((g.gid, key))
+                if self.stream_mode and prev is not None and self._same_news(prev, m, acked, known[-1]):
+                    models[key] = prev
+                    continue
                 models[key] = {
                     "model_id": m.sie_id,
+                    "written_at": known[-1],
                     "config_epoch": g.epoch,
                     "all_bundles_acked": acked,
                     "model_acked": acked,
@@ -303,8 +341,21 @@ class World:
                         }
                     ],
                 }
+            if self.stream_mode:
+                self.sent.update({(g.gid, k): v for k, v in models.items()})
             views.append(GatewayView(g.gid, g.gid, True, config_epoch=g.epoch, models=models))
-        return FleetSnapshot(tuple(views), self.now)
+        self.fleet_seq += 1
+        snap = FleetSnapshot(tuple(views), self.now, self.fleet_seq)
+        if self.stream_mode and self.last_fleet is not None:
+            snap = replace(
+                snap, changed=changed_models(self.last_fleet, snap), changed_since=self.last_fleet.seq
+            )
+        self.last_fleet = snap
+        return snap
+
+    @staticmethod
+    def _same_news(prev: dict[str, Any], m: StoredModel, acked: bool, written_at: int) -> bool:
+        return prev["written_at"] == written_at and prev["model_acked"] == acked
 
     # -- invariants ----------------------------------------------------------------------------
     def _check_ready_claims(self, obj: ServerObject) -> None:
@@ -368,6 +419,7 @@ class World:
         actions.append((2.0, self._act_fleet))
         actions.append((0.4, self._act_nats))
         actions.append((0.4, self._act_reachability))
+        actions.append((0.3, self._act_worker_restart))
         actions.append((0.3, self.relist))
         actions.append((0.05, self.restart_operator))
         total = sum(w for w, _ in actions)
@@ -397,6 +449,12 @@ class World:
 
     def _act_nats(self) -> None:
         self.nats_up = not self.nats_up
+
+    def _act_worker_restart(self) -> None:
+        """A replica's workers restart: models they had acked are pending again until they
+        catch up (Ready resources must turn not Ready, and back)."""
+        g = self.rng.choice(self.gateways)
+        g.acked = self.rng.randint(0, g.acked)
 
     def _act_reachability(self) -> None:
         g = self.rng.choice(self.gateways)
@@ -466,8 +524,18 @@ class World:
                     raise InvariantError(f"{o.name} is a duplicate of {owner}, says {ready['message']!r}")
 
 
+def changed_models(prev: FleetSnapshot, new: FleetSnapshot) -> frozenset[str]:
+    """What a stream would have said changed: every model whose object differs in some replica."""
+    out: set[str] = set()
+    for a, b in zip(prev.views, new.views, strict=False):
+        for key in a.models.keys() | b.models.keys():
+            if a.models.get(key) is not b.models.get(key):
+                out.add(key)
+    return frozenset(out)
+
+
 def run_schedule(seed: int, steps: int = 40) -> World:
-    world = World(random.Random(seed), replicas=1 + seed % 2)
+    world = World(random.Random(seed), replicas=1 + seed % 2, stream_mode=seed % 4 >= 2)
     world.relist()  # the driver's startup listing
     for _ in range(steps):
         world.random_step()

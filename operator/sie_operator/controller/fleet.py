@@ -83,6 +83,7 @@ class _Replica:
     decoder: ReadinessStreamDecoder | None = None
     task: asyncio.Task[None] | None = None
     in_sync: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: set[str] = field(default_factory=set)  # streamed model changes since the last snapshot
 
 
 class _Unreachable(Exception):
@@ -131,6 +132,7 @@ class FleetReader:
         self.requests = 0  # HTTP requests made (a stream counts once per connection)
         self.stream_bytes = 0
         self.on_change: Callable[[], None] | None = None  # a stream brought news
+        self._seq = 0
 
     async def close(self) -> None:
         if self._inflight is not None:
@@ -164,9 +166,8 @@ class FleetReader:
                 self._discovery_failing_since = now
             if self._urls is None or now - self._discovery_failing_since >= self.grace:
                 log.warning("gateway discovery failed: %s", exc)
-                snap = FleetSnapshot(
-                    (GatewayView("discovery", "discovery", False, f"discovery: {exc}"),), now
-                )
+                down = GatewayView("discovery", "discovery", False, f"discovery: {exc}")
+                snap = FleetSnapshot((down,), now, self._next_seq())
                 self.last = snap
                 return snap
             log.info("gateway discovery failed, using the last replica list: %s", exc)
@@ -176,9 +177,26 @@ class FleetReader:
         self._replicas = {u: self._replicas.get(u) or _Replica(u) for u in urls}
         views = await asyncio.gather(*(self._read(self._replicas[u], wanted) for u in urls))
         self._health, damped = damp(self._health, views, self.clock(), self.grace)
-        snap = FleetSnapshot(damped, now)
+        snap = FleetSnapshot(damped, now, self._next_seq(), *self._changes(urls))
         self.last = snap
         return snap
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _changes(self, urls: Sequence[str]) -> tuple[frozenset[str] | None, int]:
+        """The models whose answer changed since the last snapshot, when every replica is a
+        stream in sync (it tells what changed); else None (the core compares everything)."""
+        replicas = [self._replicas[u] for u in urls]
+        if self.last is None or not all(r.kind is ReplicaKind.STREAM and r.ok for r in replicas):
+            # kept, not cleared: a replica in its grace period is shown by its last good view,
+            # which predates the changes it streamed since
+            return None, -1
+        changed = frozenset().union(*(r.changed for r in replicas))
+        for r in replicas:
+            r.changed.clear()
+        return changed, self.last.seq
 
     async def _read(self, r: _Replica, wanted: Sequence[str] | None) -> GatewayView:
         if r.kind is ReplicaKind.UNKNOWN:
@@ -267,6 +285,8 @@ class FleetReader:
                     async for chunk in resp.content.iter_any():
                         self.stream_bytes += len(chunk)
                         updates = dec.feed(chunk)
+                        for u in updates:
+                            r.changed |= u.changed
                         if dec.synced and not r.ok:
                             r.ok, r.error, delay = True, "", 0.5
                             r.in_sync.set()

@@ -33,6 +33,29 @@ class GatewayView:
 class FleetSnapshot:
     views: tuple[GatewayView, ...]
     taken_at: float
+    seq: int = 0  # numbers the snapshots of one reader
+    # Lower-case ids of the models whose per-replica answer may differ from snapshot
+    # ``changed_since`` (None: unknown, compare every model). Lets the core re-plan O(changed)
+    # resources per update instead of comparing all of them (the streams say what changed).
+    changed: frozenset[str] | None = None
+    changed_since: int = -1
+
+    def only_models_changed_since(self, prev: FleetSnapshot | None) -> bool:
+        """Whether ``changed`` describes everything that differs from ``prev``: same replicas,
+        same reachability, no epoch gone back (a replica's epoch moving up changes no
+        resource that is already Ready: it is at or past every replica's epoch)."""
+        if prev is None or self.changed is None or self.changed_since != prev.seq:
+            return False
+        if len(self.views) != len(prev.views):
+            return False
+        return all(
+            a.key == b.key
+            and a.gateway_id == b.gateway_id
+            and a.reachable == b.reachable
+            and a.error == b.error
+            and a.config_epoch >= b.config_epoch
+            for a, b in zip(self.views, prev.views, strict=True)
+        )
 
     def observations(self, model_id: str) -> list[GatewayObservation]:
         key = model_id.lower()

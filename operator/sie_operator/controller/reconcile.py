@@ -219,8 +219,35 @@ def desired_status(
     )
 
 
-def _fleet_view(fleet: FleetSnapshot | None, sie_id: str) -> tuple[Any, ...] | None:
-    return tuple(fleet.observations(sie_id)) if fleet is not None else None
+def _fleet_view(fleet: FleetSnapshot | None, rec: Record) -> tuple[Any, ...] | None:
+    """What the fleet says of this resource's model, as far as its status can depend on it.
+
+    A replica's epoch matters only up to the epoch of the resource's write (status asks
+    whether each replica has reached it), so it is capped there: the epoch moving on with
+    other models' writes is no news for this one."""
+    if fleet is None:
+        return None
+    d = rec.decided
+    cap = d.outcome.epoch if d is not None else 0
+    return tuple(
+        replace(o, config_epoch=min(o.config_epoch, cap)) for o in fleet.observations(rec.obj.sie_id)
+    )
+
+
+def _fleet_touched(state: State, prev: FleetSnapshot | None, new: FleetSnapshot) -> set[str]:
+    """The resources whose view of the fleet changed: O(changed) when the snapshot says which
+    models changed (streams do), else every resource is compared."""
+    records = state.records
+    uids: Iterable[str]
+    if new.only_models_changed_since(prev):
+        assert new.changed is not None
+        cands = set(state.converging)  # waiting for a replica's epoch to reach their write
+        for key in new.changed:
+            cands |= state.claims.get(key, set())
+        uids = [u for u in cands if u in records]
+    else:
+        uids = records.keys()
+    return {u for u in uids if records[u].seen_fleet != _fleet_view(new, records[u])}
 
 
 def is_ready(status: Mapping[str, Any] | None, generation: int) -> bool:
@@ -256,12 +283,8 @@ def step(state: State, inp: Input, *, now: float, wall: str, cfg: CoreConfig) ->
     elif isinstance(inp, WriteDone):
         touched |= _write_done(state, inp, now, cfg, effects)
     elif isinstance(inp, FleetSeen):
-        state.fleet = inp.fleet
-        touched |= {
-            uid
-            for uid, rec in state.records.items()
-            if rec.seen_fleet != _fleet_view(inp.fleet, rec.obj.sie_id)
-        } | (state.awaiting_fleet & state.records.keys())
+        prev, state.fleet = state.fleet, inp.fleet
+        touched |= _fleet_touched(state, prev, inp.fleet) | (state.awaiting_fleet & state.records.keys())
     elif isinstance(inp, PatchDone):
         touched |= _patch_done(state, inp, now, cfg, effects)
     elif isinstance(inp, Tick):
@@ -435,7 +458,7 @@ def _plan(state: State, uid: str, now: float, wall: str, cfg: CoreConfig, effect
         elif d is None or d.write != want or (d.outcome.kind in TRANSIENT_KINDS and now >= rec.retry_at):
             rec = replace(rec, inflight=want)
             effects.append(StoreWrite(want))
-    rec = replace(rec, seen_fleet=_fleet_view(state.fleet, rec.obj.sie_id))
+    rec = replace(rec, seen_fleet=_fleet_view(state.fleet, rec))
     wait_until = 0.0
     if rec.accepted_at:
         fleet_at = state.fleet.taken_at if state.fleet is not None else float("-inf")

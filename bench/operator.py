@@ -126,7 +126,7 @@ def applied(cp: ControlPlane, n: int, work: Path) -> tuple[float, float]:
     items = [manifest(i, "apply") for i in range(n)]
     path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     t0 = time.perf_counter()
-    cp.kubectl("apply", "--server-side", "-n", NS, "-f", str(path))
+    cp.kubectl("apply", "--server-side", "-n", NS, "-f", str(path), timeout=max(120.0, n / 10))
     return t0, time.perf_counter()
 
 

@@ -130,7 +130,9 @@ def test_named_patch_for_an_old_incarnation_never_lands_on_the_new_one() -> None
     deliver_watch(w)
     w.perform_write(w.writes.pop(0))
     w.feed(w.answers.pop(0))
-    w.feed(FleetSeen(w.take_fleet()))
+    for g in w.gateways:
+        w.advance_gateway(g, full=True)
+    w.feed(FleetSeen(w.take_fleet()))  # says Ready: the patch goes out at once
     assert w.patches and w.patches[0].ref.uid == old.uid
     w.delete(old, send_event=False)
     new = w.create("ns1", "a", "org/m1", 2)

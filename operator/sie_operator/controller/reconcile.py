@@ -52,8 +52,8 @@ MAX_TOMBSTONES = 65536
 class CoreConfig:
     retry_initial: float = 0.5  # first retry of a transiently failed write or patch
     retry_max: float = 30.0
-    # after an accepted write, wait this long at most for a fleet snapshot taken after it
-    # before reporting (the driver asks for one at once): one status patch, not two
+    # after an accepted write, wait this long at most for a fleet snapshot taken after it that
+    # says Ready before reporting (the driver asks for one at once): one status patch, not two
     fresh_fleet_wait: float = 2.0
 
 
@@ -460,16 +460,25 @@ def _plan(state: State, uid: str, now: float, wall: str, cfg: CoreConfig, effect
             effects.append(StoreWrite(want))
     rec = replace(rec, seen_fleet=_fleet_view(state.fleet, rec))
     wait_until = 0.0
+    desired: dict[str, Any] | None = None
     if rec.accepted_at:
+        # Just written: report once the fleet says Ready, or at the end of the wait whatever
+        # it says (a fleet that has not seen the write yet, or workers still loading, would
+        # otherwise cost a "pending" patch and then a Ready one: two API writes, not one).
         fleet_at = state.fleet.taken_at if state.fleet is not None else float("-inf")
-        if fleet_at < rec.accepted_at and now < rec.accepted_at + cfg.fresh_fleet_wait:
-            wait_until = rec.accepted_at + cfg.fresh_fleet_wait  # the fleet has not seen the write yet
+        ready_now = False
+        if fleet_at >= rec.accepted_at:
+            desired = desired_status(rec, want, state.fleet, wall)
+            ready_now = desired is not None and is_ready(desired, want.generation)
+        if not ready_now and now < rec.accepted_at + cfg.fresh_fleet_wait:
+            wait_until = rec.accepted_at + cfg.fresh_fleet_wait
             state.awaiting_fleet.add(uid)
         else:
             rec = replace(rec, accepted_at=0.0)
             state.awaiting_fleet.discard(uid)
     if not wait_until and not rec.patching and now >= rec.patch_retry_at:
-        desired = desired_status(rec, want, state.fleet, wall)
+        if desired is None:
+            desired = desired_status(rec, want, state.fleet, wall)
         if desired is not None and status_changed(rec.obj.status, desired):
             rec = replace(rec, patching=True)
             effects.append(PatchStatus(rec.obj.ref, desired))

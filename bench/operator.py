@@ -193,6 +193,9 @@ def main() -> int:
     )
     ap.add_argument("--gateways", type=int, default=1)
     ap.add_argument("--workers", type=int, default=3, help="workers of bundle default (plus one sglang)")
+    ap.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment of every process"
+    )
     args = ap.parse_args()
     with ControlPlane() as cp:
         cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "modelconfig.yaml"))
@@ -201,7 +204,11 @@ def main() -> int:
         work = Path(tempfile.mkdtemp(prefix="sie-bench-op-"))
         workers = [(f"worker-{i}", "default") for i in range(args.workers - 1)] + [("worker-s", "sglang")]
         cfg = StackConfig(
-            kubeconfig=str(cp.kubeconfig), namespaces=[NS], gateways=args.gateways, workers=workers
+            kubeconfig=str(cp.kubeconfig),
+            namespaces=[NS],
+            gateways=args.gateways,
+            workers=workers,
+            extra_env=dict(e.split("=", 1) for e in args.env),
         )
         with Stack(cfg, work) as stack:
             if args.single or args.bulk:

@@ -209,20 +209,25 @@ def harness(
         control_plane.kubectl("apply", "-f", "-", input=json.dumps(o))
     kubeconfig = control_plane.service_account_kubeconfig(ns, OPERATOR_SA)
     cfg = StackConfig(kubeconfig=str(kubeconfig), namespaces=[ns], heartbeat_timeout=6.0)
-    stack = ChartIdentityStack(cfg, tmp_path_factory.mktemp("rbac-stack"))
+    yield from running(
+        Harness(control_plane, ns, ChartIdentityStack(cfg, tmp_path_factory.mktemp("rbac")), objs)
+    )
+
+
+def running(h: Harness) -> Iterator[Harness]:
+    """Start the harness's stack; on the way out stop it and drop the namespace."""
     try:
-        stack.start()
+        h.stack.start()
     except Exception:
-        print(stack.logs_tail())
-        stack.stop()
+        print(h.stack.logs_tail())
+        h.stack.stop()
         raise
-    h = Harness(control_plane, ns, stack, objs)
     try:
         yield h
     finally:
-        stack.stop()
+        h.stack.stop()
         with contextlib.suppress(Exception):
-            control_plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+            h.cp.kubectl("delete", "namespace", h.ns, "--wait=false", check=False)
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ is back.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -33,6 +32,7 @@ from test_chart_rbac import (
     log_since,
     log_size,
     render_rbac,
+    running,
     wait_until,
     without_verb,
 )
@@ -90,20 +90,9 @@ def ha_harness(
             *("--leader-election-retry-seconds", "0.5"),
         ],
     )
-    stack = ChartIdentityStack(cfg, work)
-    try:
-        stack.start()
-    except Exception:
-        print(stack.logs_tail())
-        stack.stop()
-        raise
-    h = HaHarness(control_plane, ns, stack, objs)
-    try:
-        yield h
-    finally:
-        stack.stop()
-        with contextlib.suppress(Exception):
-            control_plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    h = HaHarness(control_plane, ns, ChartIdentityStack(cfg, work), objs)
+    for started in running(h):
+        yield cast(HaHarness, started)
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ The named schedules below are the six failures issue 9 found in the previous rec
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 from sim_world import InvariantError, World, run_schedule
 
 from sie_operator.controller.fleetview import FleetSnapshot, GatewayView, ReplicaHealth, damp
 from sie_operator.controller.reconcile import FleetSeen, PatchStatus, StoreWrite, Tick, WriteDone
+from sie_operator.devcluster.seeded import failing_seeds
 
 SCHEDULES = 10_000
 CHUNKS = 4
@@ -30,15 +30,7 @@ CHUNKS = 4
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_random_schedules_keep_every_invariant(chunk: int) -> None:
     size = SCHEDULES // CHUNKS
-    started = time.perf_counter()
-    failures = []
-    for seed in range(chunk * size, (chunk + 1) * size):
-        try:
-            run_schedule(seed)
-        except InvariantError as exc:
-            failures.append(f"seed {seed}: {exc}")
-    elapsed = time.perf_counter() - started
-    print(f"{size} schedules in {elapsed:.1f} s")
+    failures = failing_seeds(run_schedule, InvariantError, range(chunk * size, (chunk + 1) * size))
     assert not failures, "\n".join(failures[:10])
 
 

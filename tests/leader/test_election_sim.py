@@ -8,7 +8,6 @@ of them, or it is not testing what it claims to.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -17,6 +16,7 @@ import lease_world
 import pytest
 from lease_world import InvariantError, run_schedule
 
+from sie_operator.devcluster.seeded import failing_seeds
 from sie_operator.leader import decide as D
 
 SCHEDULES = 4_000
@@ -26,15 +26,7 @@ CHUNKS = 4
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_random_schedules_keep_every_invariant(chunk: int) -> None:
     size = SCHEDULES // CHUNKS
-    started = time.perf_counter()
-    failures = []
-    for seed in range(chunk * size, (chunk + 1) * size):
-        try:
-            run_schedule(seed)
-        except InvariantError as exc:
-            failures.append(f"seed {seed}: {exc}")
-    elapsed = time.perf_counter() - started
-    print(f"{size} schedules in {elapsed:.1f} s ({size / elapsed:.0f}/s)")
+    failures = failing_seeds(run_schedule, InvariantError, range(chunk * size, (chunk + 1) * size))
     assert not failures, "\n".join(failures[:5])
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from store_world import LAST, SUBJECT, InvariantError, World, run_schedule
 
+from sie_operator.devcluster.seeded import failing_seeds
 from sie_operator.store import jetstream as J
 from sie_operator.store.base import StoreRecord
 
@@ -30,15 +30,7 @@ CHUNKS = 4
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_random_schedules_keep_every_invariant(chunk: int) -> None:
     size = SCHEDULES // CHUNKS
-    started = time.perf_counter()
-    failures = []
-    for seed in range(chunk * size, (chunk + 1) * size):
-        try:
-            run_schedule(seed)
-        except InvariantError as exc:
-            failures.append(f"seed {seed}: {exc}")
-    elapsed = time.perf_counter() - started
-    print(f"{size} schedules in {elapsed:.1f} s ({size / elapsed:.0f}/s), {len(failures)} failed")
+    failures = failing_seeds(run_schedule, InvariantError, range(chunk * size, (chunk + 1) * size))
     assert not failures, "\n".join(failures[:3])
 
 

@@ -17,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sie_operator.aio import wait_event
+
 
 @dataclass(frozen=True)
 class CachedResponse:
@@ -113,7 +115,7 @@ class IdempotencyCache:
             if remaining <= 0:
                 raise IdempotencyInFlight(key)
             try:
-                await asyncio.wait_for(twin.done.wait(), timeout=remaining)
+                await wait_event(twin.done, remaining)
             except TimeoutError:
                 raise IdempotencyInFlight(key) from None
             # Loop: a success is now cached; a failure left no entry, so this request runs.

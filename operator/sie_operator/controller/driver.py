@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
+from sie_operator.aio import wait_event
+
 from ..kube.client import KubeClient, KubeError
 from .fleet import FleetReader
 from .metrics import ReconcileMetrics
@@ -283,7 +285,7 @@ class Driver:
 
     async def _event(self, ref: ObjectRef, reason: str, message: str, warning: bool) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._patches_idle.wait(), EVENT_DEFER_MAX)
+            await wait_event(self._patches_idle, EVENT_DEFER_MAX)
         async with self._event_sem:
             if not self.may_write():
                 return
@@ -336,7 +338,7 @@ class Driver:
             timeout = self.fast_interval if busy else self.slow_interval
             if warm:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._fleet_kick.wait(), timeout)
+                    await wait_event(self._fleet_kick, timeout)
             self._fleet_kick.clear()
             await asyncio.sleep(0.005)  # a burst of kicks shares one read
             records = self.state.records
@@ -387,7 +389,7 @@ class Driver:
             self._listed_once = True
             self._relist_kick.clear()
             try:
-                await asyncio.wait_for(self._relist_kick.wait(), self.relist_interval)
+                await wait_event(self._relist_kick, self.relist_interval)
                 await asyncio.sleep(self.relist_debounce)  # one listing for kopf's whole burst
             except TimeoutError:
                 pass

@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from sie_operator.aio import wait_event
+
 from ..kube.client import KubeClient
 from ..kube.endpointslices import service_urls
 from ..protocol.readiness_stream import ReadinessStreamDecoder, StreamError, is_stream_content_type
@@ -264,7 +266,7 @@ class FleetReader:
         r.task = asyncio.create_task(self._follow(r), name=f"readiness-stream {r.url}")
         # a bounded wait for the first snapshot, so this first read is complete
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(r.in_sync.wait(), self.timeout)
+            await wait_event(r.in_sync, self.timeout)
 
     async def _follow(self, r: _Replica) -> None:
         """Hold one replica's readiness stream: resume after a drop, tell the driver of changes."""

@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from sie_operator.aio import wait_event
 from sie_operator.catalog.registry import Registry
 from sie_operator.protocol import readiness_stream as rs
 
@@ -176,7 +177,7 @@ class Subscriber:
         """Everything pending (b"" once closed); None when ``wait`` seconds passed with nothing."""
         if not self._chunks and not self.closed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), wait)
+                await wait_event(self._event, wait)
         self._event.clear()
         if self.closed:
             return b""

@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from sie_operator.aio import wait_event
+
 from ..kube.client import KubeClient, KubeError
 from . import decide as D
 from .lease import LeaseApi, LeaseConflict
@@ -114,7 +116,7 @@ class Elector:
                 now = self.clock()
                 wake = D.next_wake(self._state, now, self.timing, self._rng.random())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), max(0.0, wake - now))
+                    await wait_event(stop, max(0.0, wake - now))
                 self._notice()
         finally:
             await self.release()

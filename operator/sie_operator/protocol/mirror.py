@@ -41,6 +41,7 @@ from typing import Any
 
 import orjson
 
+from sie_operator.aio import wait_event
 from sie_operator.catalog import yamlio
 from sie_operator.catalog.bundles import Bundle, BundleSet
 from sie_operator.catalog.hashing import model_fragment
@@ -580,7 +581,7 @@ class ConfigMirror:
     async def _sleep(self, seconds: float) -> bool:
         """Sleep until woken or timed out; True if woken."""
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+            await wait_event(self._wake, seconds)
             woke = True
         except TimeoutError:
             woke = False

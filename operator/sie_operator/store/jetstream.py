@@ -64,6 +64,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
+from sie_operator.aio import wait_event
 from sie_operator.natsconn import NatsAuth, bounded_close, connect_options, redact_url
 from sie_operator.store.base import CommitResult, StoreRecord, StoreUnconfirmed
 from sie_operator.store.fs import StoredModel, StoreError
@@ -590,7 +591,7 @@ class JetStreamStore:
                 )
             self._progress.clear()
             try:
-                await asyncio.wait_for(self._progress.wait(), min(remaining, stall))
+                await wait_event(self._progress, min(remaining, stall))
             except TimeoutError:
                 if not resubscribed:
                     resubscribed = True

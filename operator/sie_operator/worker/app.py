@@ -27,6 +27,7 @@ from collections.abc import Callable
 import orjson
 from aiohttp import web
 
+from sie_operator.aio import wait_event
 from sie_operator.protocol.configclient import ConfigServiceClient
 from sie_operator.protocol.deltas import ALL_SUBJECT, DEFAULT_TRUSTED_PRODUCERS, bundle_subject
 from sie_operator.protocol.mirror import ConfigMirror
@@ -182,7 +183,7 @@ class WorkerInstance:
             while not ws.closed:
                 await ws.send_str(orjson.dumps(self.frame()).decode())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.status_interval)
+                    await wait_event(wake, self.status_interval)
                 wake.clear()
 
         sender = asyncio.create_task(push())

@@ -11,6 +11,7 @@ at the next retry after a clean release.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -117,28 +118,41 @@ async def elected(elector: Elector, within: float) -> float:
     return time.monotonic() - started
 
 
+@contextlib.asynccontextmanager
+async def first_leads(
+    kube: KubeClient, kubeconfig: Path, ns: str, candidates: list[Candidate], **elector: Any
+) -> AsyncIterator[tuple[Candidate, Elector]]:
+    """Candidate process "first" leads; elector "second" campaigns in this loop until the end."""
+    first = Candidate(kubeconfig, ns, "first")
+    candidates.append(first)
+    await asyncio.to_thread(first.wait, lambda x: x.get("may_write"), 20, "leading")
+    b = Elector(kube, namespace=ns, identity="second", timing=TIMING, **elector)
+    stop = asyncio.Event()
+    task = asyncio.create_task(b.run(stop))
+    try:
+        yield first, b
+    finally:
+        stop.set()
+        await task
+
+
 async def test_one_leads_and_the_other_takes_over_after_sigkill(
     kube: KubeClient, kubeconfig: Path, k8s_namespace: str, candidates: list[Candidate]
 ) -> None:
-    first = Candidate(kubeconfig, k8s_namespace, "first")
-    candidates.append(first)
-    await asyncio.to_thread(first.wait, lambda x: x.get("may_write"), 20, "leading")
     events: list[str] = []
 
     async def started() -> None:
         events.append("started")
 
-    b = Elector(
+    standby = first_leads(
         kube,
-        namespace=k8s_namespace,
-        identity="second",
+        kubeconfig,
+        k8s_namespace,
+        candidates,
         advertise_url="http://second:8080",
-        timing=TIMING,
         on_started_leading=started,
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(b.run(stop))
-    try:
+    async with standby as (first, b):
         for _ in range(int(LEASE * 1.5 / RETRY)):  # longer than a lease: the standby never leads
             await asyncio.sleep(RETRY)
             assert not b.may_write()
@@ -153,9 +167,6 @@ async def test_one_leads_and_the_other_takes_over_after_sigkill(
         assert lease["spec"]["holderIdentity"] == "second"
         assert lease["spec"]["leaseTransitions"] == 1
         assert lease["metadata"]["annotations"]["sie.dev/leader-url"] == "http://second:8080"
-    finally:
-        stop.set()
-        await task
     lease = await kube.request("GET", b.api.path)
     assert not lease["spec"].get("holderIdentity")  # released on stop
 
@@ -163,13 +174,7 @@ async def test_one_leads_and_the_other_takes_over_after_sigkill(
 async def test_sigstopped_leader_is_fenced_and_steps_down(
     kube: KubeClient, kubeconfig: Path, k8s_namespace: str, candidates: list[Candidate]
 ) -> None:
-    first = Candidate(kubeconfig, k8s_namespace, "first")
-    candidates.append(first)
-    await asyncio.to_thread(first.wait, lambda x: x.get("may_write"), 20, "leading")
-    b = Elector(kube, namespace=k8s_namespace, identity="second", timing=TIMING)
-    stop = asyncio.Event()
-    task = asyncio.create_task(b.run(stop))
-    try:
+    async with first_leads(kube, kubeconfig, k8s_namespace, candidates) as (first, b):
         await asyncio.sleep(RETRY * 3)
         assert not b.may_write()
         os.kill(first.proc.pid, signal.SIGSTOP)
@@ -189,21 +194,12 @@ async def test_sigstopped_leader_is_fenced_and_steps_down(
         assert not any(x["may_write"] for x in resumed), f"fenced leader answered may_write: {resumed[:3]}"
         assert after["may_write"] is False
         assert b.may_write()
-    finally:
-        stop.set()
-        await task
 
 
 async def test_release_hands_over_at_the_next_retry(
     kube: KubeClient, kubeconfig: Path, k8s_namespace: str, candidates: list[Candidate]
 ) -> None:
-    first = Candidate(kubeconfig, k8s_namespace, "first")
-    candidates.append(first)
-    await asyncio.to_thread(first.wait, lambda x: x.get("may_write"), 20, "leading")
-    b = Elector(kube, namespace=k8s_namespace, identity="second", timing=TIMING)
-    stop = asyncio.Event()
-    task = asyncio.create_task(b.run(stop))
-    try:
+    async with first_leads(kube, kubeconfig, k8s_namespace, candidates) as (first, b):
         await asyncio.sleep(RETRY * 3)
         first.proc.send_signal(signal.SIGTERM)
         released = await asyncio.to_thread(first.wait, lambda x: x.get("released"), 10, "release")
@@ -212,9 +208,6 @@ async def test_release_hands_over_at_the_next_retry(
         print(f"hand-over after release: {took:.2f} s")
         assert took < RETRY * 1.2 + SLACK, f"handover after release took {took:.1f} s"
         assert first.proc.wait(10) == 0
-    finally:
-        stop.set()
-        await task
 
 
 async def test_rbac_is_get_create_update_on_leases_only(

@@ -26,20 +26,13 @@ import urllib.request
 from pathlib import Path
 
 from sie_operator.devcluster.controlplane import ControlPlane
+from sie_operator.devcluster.kubetest import Kube
 from sie_operator.devcluster.natsserver import NatsCluster
 from sie_operator.devcluster.stack import Stack, StackConfig
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "bench-ha"
 BERT = "sie_server.adapters.bert_flash:BertFlashAdapter"
-
-
-def holder(cp: ControlPlane) -> str | None:
-    out = cp.kubectl("-n", NS, "get", "lease", "sie-operator", "-o", "json", check=False)
-    try:
-        return json.loads(out.stdout)["spec"].get("holderIdentity") or None
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def post(url: str, n: int) -> int:
@@ -89,7 +82,7 @@ def main() -> int:
         with Stack(cfg, work / "stack") as stack:
             for r in range(args.rounds):
                 deadline = time.monotonic() + 60
-                while (leader := holder(cp)) is None and time.monotonic() < deadline:
+                while (leader := Kube(cp, NS).lease_holder()) is None and time.monotonic() < deadline:
                     time.sleep(0.2)
                 assert leader is not None, "nobody leads"
                 i = int(leader.rsplit("-", 1)[1])

@@ -58,13 +58,6 @@ class HaHarness(Harness):
             self.apply(role)
         wait_until(lambda: all(self.can(v) for v in ("get", "create", "update")), 10, "the Lease rights")
 
-    def holder(self) -> str | None:
-        res = self.kube.run("get", "lease", LEASE, "-o", "json", check=False)
-        try:
-            return json.loads(res.stdout)["spec"].get("holderIdentity") or None
-        except (ValueError, KeyError, TypeError):
-            return None
-
 
 @pytest.fixture(scope="module")
 def ha_harness(
@@ -108,7 +101,7 @@ def test_ha_rights_are_enough_to_lead_and_reach_ready(ha: HaHarness) -> None:
     offset = ha.restart_operator()
     ha.kube.apply(model_manifest("ha-full", "acme/ha-full"))
     ha.kube.wait_ready("ha-full", timeout=READY)
-    assert ha.holder() == "operator-0"
+    assert ha.kube.lease_holder(LEASE) == "operator-0"
     log = log_since(ha.stack.control, offset)
     assert not FORBIDDEN.search(log) and "Forbidden" not in log, log[-3000:]
 
@@ -124,7 +117,7 @@ def test_without_a_lease_verb_the_operator_never_leads(ha: HaHarness, verb: str)
     name = f"ha-no-{verb}"
     ha.kube.apply(model_manifest(name, f"acme/{name}"))
     ha.no_status_for(name)
-    assert ha.holder() is None
+    assert ha.kube.lease_holder(LEASE) is None
     log = log_since(ha.stack.control, offset)
     assert FORBIDDEN.search(log) or "forbidden" in log.lower(), log[-3000:]
     assert "leading: starting the controller" not in log

@@ -58,23 +58,15 @@ def http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple
         return 0, str(exc)
 
 
-def lease_holder(kube: Kube) -> str | None:
-    out = kube.run("get", "lease", "sie-operator", "-o", "json", check=False)
-    try:
-        return json.loads(out.stdout)["spec"].get("holderIdentity") or None
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 def wait_holder(kube: Kube, *, not_in: set[str | None], timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        h = lease_holder(kube)
+        h = kube.lease_holder()
         if h not in not_in:
             assert h is not None
             return h
         time.sleep(0.2)
-    raise AssertionError(f"no new Lease holder within {timeout} s (still {lease_holder(kube)!r})")
+    raise AssertionError(f"no new Lease holder within {timeout} s (still {kube.lease_holder()!r})")
 
 
 def metric(url: str, name: str) -> float:
@@ -250,7 +242,7 @@ def test_a_paused_leader_is_fenced_and_steps_down(
         for k in range(5):
             kube.wait_ready(f"after-{k}", timeout=60)
         time.sleep(2)
-        assert lease_holder(kube) == new_leader
+        assert kube.lease_holder() == new_leader
         j, _ = replica(stack, new_leader)
         assert metric(old_url, "sie_operator_leading") == 0
         assert metric(stack.config_urls[j], "sie_operator_leading") == 1

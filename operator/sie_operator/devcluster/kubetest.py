@@ -28,6 +28,14 @@ class Kube:
             return None
         return dict(json.loads(r.stdout))
 
+    def lease_holder(self, name: str = "sie-operator") -> str | None:
+        """``holderIdentity`` of a Lease in this namespace; None if absent or released."""
+        r = self.run("get", "lease", name, "-o", "json", check=False)
+        if r.returncode != 0:
+            return None
+        holder = (json.loads(r.stdout).get("spec") or {}).get("holderIdentity")
+        return str(holder) if holder else None
+
     def condition(self, name: str, ctype: str = "Ready") -> dict[str, Any] | None:
         obj = self.get(name) or {}
         for c in (obj.get("status") or {}).get("conditions") or []:

@@ -22,6 +22,7 @@ from ..configsvc import command as configsvc_command
 from ..kube.auth import KubeAuth, KubeAuthError
 from ..kube.client import KubeClient
 from ..leader import ElectionConfigError, Elector, Timing, default_identity
+from ..settingsparse import ConfigError, check_http_url
 from .health import HealthServer
 from .metrics import ReconcileMetrics
 from .session import Session
@@ -179,8 +180,18 @@ def _leader_election(
         "lease_namespace": namespace,
         "lease_identity": default_identity(),
         "lease_timing": timing,
-        "advertise_url": args.advertise_url or env.get("SIE_ADVERTISE_URL") or None,
+        "advertise_url": _advertise_flag(args.advertise_url or env.get("SIE_ADVERTISE_URL") or None),
     }
+
+
+def _advertise_flag(value: str | None) -> str | None:
+    """Standbys send writes there: a URL they cannot use is refused at startup, in one line."""
+    if value is None:
+        return None
+    try:
+        return check_http_url(value.strip(), "--advertise-url")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def advertise_url(explicit: str | None, env: Mapping[str, str], port: int) -> str:

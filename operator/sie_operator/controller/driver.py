@@ -151,7 +151,8 @@ class Driver:
         try:
             while not stop.is_set():
                 try:
-                    first = await asyncio.wait_for(self._inbox.get(), timeout=self.fast_interval)
+                    async with asyncio.timeout(self.fast_interval):  # keeps a cancellation (see aio)
+                        first = await self._inbox.get()
                     batch = [first]
                     while len(batch) < MAX_BATCH and not self._inbox.empty():
                         batch.append(self._inbox.get_nowait())

@@ -102,7 +102,7 @@ def same_value(a: Any, b: Any) -> bool:
     return type(a) is type(b) and bool(a == b)
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelEntry:
     model_id: str
     doc: dict[str, Any]

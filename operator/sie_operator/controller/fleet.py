@@ -22,11 +22,13 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 
 from sie_operator.aio import wait_event
 
 from ..kube.client import KubeClient
 from ..kube.endpointslices import service_urls
+from ..protocol.packed import PackedModels
 from ..protocol.readiness_stream import ReadinessStreamDecoder, StreamError, is_stream_content_type
 from .fleetview import FleetSnapshot, GatewayView, ReplicaHealth, damp
 
@@ -78,7 +80,7 @@ class _Replica:
     kind: ReplicaKind = ReplicaKind.UNKNOWN
     gateway_id: str = ""
     config_epoch: int = 0
-    models: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # lower-case id -> snapshot
+    models: PackedModels = field(default_factory=PackedModels)  # lower-case id -> snapshot
     complete: bool = False  # read in full at least once
     ok: bool = False  # the last contact succeeded (a stream: connected and in sync)
     error: str = ""
@@ -237,10 +239,10 @@ class FleetReader:
         if r.decoder is not None:
             d = r.decoder
             return GatewayView(
-                r.url, d.gateway_id or r.url, True, config_epoch=d.config_epoch or 0, models=dict(d.models)
+                r.url, d.gateway_id or r.url, True, config_epoch=d.config_epoch or 0, models=d.models.copy()
             )
         return GatewayView(
-            r.url, r.gateway_id or r.url, True, config_epoch=r.config_epoch, models=dict(r.models)
+            r.url, r.gateway_id or r.url, True, config_epoch=r.config_epoch, models=r.models.copy()
         )
 
     async def _probe(self, r: _Replica) -> None:
@@ -329,7 +331,9 @@ class FleetReader:
             async with self._sess().get(url, params=params) as resp:
                 if resp.status != 200:
                     return resp.status, None
-                return 200, await resp.json(content_type=None)
+                # orjson, as for the stream: what it parses it can pack again (a number past
+                # 64 bits comes back as a float instead of failing the pack)
+                return 200, orjson.loads(await resp.read())
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise _Unreachable(f"{url}: {type(exc).__name__} {exc}".strip()) from None
 
@@ -360,10 +364,11 @@ class FleetReader:
         r.config_epoch = epoch
         if filtered and wanted is not None:
             for m in wanted:  # asked and not answered: the replica does not know it (any more)
-                r.models.pop(m.lower(), None)
-            r.models.update(got)
+                r.models.pop(m.lower())
+            for key, answer in got.items():
+                r.models.put(key, answer)
         else:
-            r.models = got
+            r.models = PackedModels.of(got)
         return True
 
     async def _read_per_model(self, r: _Replica, wanted: Sequence[str]) -> None:
@@ -381,9 +386,9 @@ class FleetReader:
                     return
             key = model_id.lower()
             if status == 404:
-                r.models.pop(key, None)
+                r.models.pop(key)
             elif status == 200 and isinstance(data, dict):
-                r.models[key] = data
+                r.models.put(key, data)
                 r.config_epoch = max(r.config_epoch, _epoch_of(data))
             else:
                 failures.append(f"{r.url}: HTTP {status} for {model_id}")

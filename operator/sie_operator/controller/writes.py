@@ -28,7 +28,7 @@ FAILURE_REASONS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WriteSnapshot:
     uid: str
     generation: int
@@ -38,7 +38,7 @@ class WriteSnapshot:
     spec: Mapping[str, Any] = field(compare=False, hash=False, repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Notice:
     """An Event to post about a resource."""
 

@@ -57,6 +57,8 @@ from typing import Any
 
 import orjson
 
+from sie_operator.protocol.packed import PackedModels
+
 CONTENT_TYPE = "application/x-ndjson"
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 
@@ -217,9 +219,10 @@ class ReadinessStreamDecoder:
     is staged and replaces the state only when complete, so a connection lost half-way
     through one leaves the previous state (and its token) intact. ``synced`` is True
     once the state is complete (after ``snapshot_end`` or ``resumed``) on this connection.
+    The models are held packed (``PackedModels``): a read decodes one.
     """
 
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    models: PackedModels = field(default_factory=PackedModels)
     resume_token: str | None = None
     gateway_id: str | None = None
     config_epoch: int | None = None
@@ -228,7 +231,7 @@ class ReadinessStreamDecoder:
     snapshots: int = 0  # completed snapshots (a resume that was refused shows up here)
     resumes: int = 0  # honoured resumes
     last_reason: str | None = None  # reason of the last snapshot
-    _staged: dict[str, dict[str, Any]] | None = None
+    _staged: PackedModels | None = None
     _buffer: bytes = b""
 
     # -- input ---------------------------------------------------------------------------
@@ -243,7 +246,7 @@ class ReadinessStreamDecoder:
         rec = decode_record(line)
         kind = rec["type"]
         if kind == SNAPSHOT:
-            self._staged = {}
+            self._staged = PackedModels()
             self.synced = False
             self._meta(rec)
             reason = rec.get("reason")
@@ -253,7 +256,7 @@ class ReadinessStreamDecoder:
             if self._staged is None:
                 raise StreamError("model record outside a snapshot")
             model = rec["model"]
-            self._staged[model["model_id"].lower()] = model
+            self._staged.put(model["model_id"].lower(), model)
             return Update(kind)
         if kind == SNAPSHOT_END:
             if self._staged is None:
@@ -264,7 +267,7 @@ class ReadinessStreamDecoder:
             self._meta(rec)
             self.synced = True
             self.snapshots += 1
-            changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+            changed = {k for k in old.keys() | new.keys() if old.raw(k) != new.raw(k)}
             return Update(kind, frozenset(changed), reset=True)
         if self._staged is not None and kind in (RESUMED, CHANGE, REMOVED):
             raise StreamError(f"{kind} record inside a snapshot")
@@ -277,15 +280,15 @@ class ReadinessStreamDecoder:
         if kind == CHANGE:
             model = rec["model"]
             key = model["model_id"].lower()
-            self.models[key] = model
+            self.models.put(key, model)
             self.resume_token = rec["resume"]
             self._epoch(model.get("config_epoch"))
             return Update(kind, frozenset((key,)))
         if kind == REMOVED:
             key = rec["model_id"].lower()
-            gone = self.models.pop(key, None)
+            gone = self.models.pop(key)
             self.resume_token = rec["resume"]
-            return Update(kind, frozenset((key,)) if gone is not None else _NOTHING)
+            return Update(kind, frozenset((key,)) if gone else _NOTHING)
         if kind == HEARTBEAT:
             # Before the first snapshot of a connection a heartbeat has no token (and one
             # mid-snapshot would not describe the state we hold): keep ours then.
@@ -310,7 +313,7 @@ class ReadinessStreamDecoder:
         params.extend(("model", m) for m in models)
         return params
 
-    def get(self, model_id: str) -> dict[str, Any] | None:
+    def get(self, model_id: str) -> Mapping[str, Any] | None:
         return self.models.get(model_id.lower())
 
     def idle_timeout(self, heartbeats: float = 3.0) -> float:

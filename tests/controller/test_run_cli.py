@@ -60,3 +60,18 @@ def test_the_advertised_url_defaults_to_the_pod_ip() -> None:
     assert advertise_url(None, {"POD_IP": "fd00::7"}, 8080) == "http://[fd00::7]:8080"
     assert advertise_url(None, {}, 9000) == "http://127.0.0.1:9000"
     assert advertise_url("http://op.example:8080/", {"POD_IP": "10.0.0.7"}, 8080) == "http://op.example:8080"
+
+
+def test_kopf_per_event_lines_show_only_at_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf logs "Handler ... succeeded" at INFO for every watch event (20,000 lines for
+    10,000 resources applied); at the default level the operator keeps its log to its own."""
+    import logging
+
+    from sie_operator import cli
+
+    kopf_log = logging.getLogger("kopf.objects")
+    monkeypatch.setattr(kopf_log, "level", logging.NOTSET)
+    assert cli.main(["--log-level", "debug", "run"]) == 2  # refused: no namespace to watch
+    assert kopf_log.level == logging.NOTSET  # left alone: its lines show
+    assert cli.main(["--log-level", "info", "run"]) == 2
+    assert kopf_log.level == logging.WARNING and not kopf_log.isEnabledFor(logging.INFO)

@@ -26,6 +26,7 @@ class RefusingStore:
     opened = True
     broken = None
     fatal = None
+    max_record_bytes = None
 
     def __init__(self, epoch: int, script: Any) -> None:
         self._epoch = epoch

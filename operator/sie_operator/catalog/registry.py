@@ -82,6 +82,23 @@ class CaseConflict(WriteRejected):
         self.existing = existing
 
 
+class ModelTooLarge(WriteRejected):
+    """The merged model would not fit in one record of the store (a JetStream message)."""
+
+    status = 413
+    error = "model_too_large"
+
+    def __init__(self, model_id: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"Model '{model_id}' would take {size} bytes as one store record (its merged YAML "
+            f"as JSON); the NATS server carries at most {limit} bytes per message (max_payload), "
+            "so the replicated store cannot hold it. Nothing was changed."
+        )
+        self.model_id = model_id
+        self.size = size
+        self.limit = limit
+
+
 def same_value(a: Any, b: Any) -> bool:
     """Deep equality where ``true`` never equals ``1`` but ``8192`` equals ``8192.0``.
 

@@ -39,10 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from sie_operator.catalog import yamlio
 from sie_operator.catalog.bundles import BundleError, BundleSet, load_bundle_dir, shipped_bundles
 from sie_operator.catalog.registry import (
     ModelEntry,
+    ModelTooLarge,
     Registry,
     Source,
     ValidationFailed,
@@ -73,6 +76,9 @@ log = logging.getLogger(__name__)
 
 HEAL_BACKOFF_MAX = 10.0  # seconds between attempts to heal a broken store, at most
 CONFLICT_RETRIES = 3  # times a write refused by a shared store is re-planned before a 503
+# What a JetStream record holds besides the model's YAML and id: keys, epoch, writer tag and
+# the two expected-sequence headers (about 200 bytes)
+RECORD_ENVELOPE_BYTES = 1024
 
 PUBLISH_PARTIAL = (
     "nats_publish_partial: Config persisted but NATS notification failed for bundle(s) {bundles!r}. "
@@ -604,7 +610,12 @@ class ConfigService:
             if self.publisher is not None and not self.publisher.connected:
                 item.future.set_exception(NatsUnavailable())
                 continue
-            planned.append((item, plan, yamlemit.dump(plan.doc)))
+            text = yamlemit.dump(plan.doc)
+            too_large = self._too_large(plan, text)
+            if too_large is not None:
+                item.future.set_exception(too_large)
+                continue
+            planned.append((item, plan, text))
         if not planned:
             return
 
@@ -654,6 +665,19 @@ class ConfigService:
         task = asyncio.get_running_loop().create_task(self._flush_then_resolve(applied, published))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
+
+    def _too_large(self, plan: WritePlan, text: str) -> ModelTooLarge | None:
+        """Refuse, before anything is written, a model whose store record cannot fit in one
+        NATS message (JetStream): the record carries the whole merged YAML, JSON-escaped, and
+        a model that grew by appended profiles can pass the 1 MiB body limit and still not
+        fit. Only the store decides: a directory store takes any size, and a delta too large
+        to publish is answered like SIE's (stored, ``nats_publish_failed`` warning; gateways
+        and workers fetch it over HTTP when they next see the epoch move)."""
+        limit = self.store.max_record_bytes if self.store is not None else None
+        if not limit:
+            return None
+        size = len(orjson.dumps(text)) + 2 * len(plan.model_id.encode()) + RECORD_ENVELOPE_BYTES
+        return ModelTooLarge(plan.model_id, size, limit) if size > limit else None
 
     def _count_store_writes(self, result: str, n: int) -> None:
         self.metrics.store_writes.labels(op="write_model", result=result).inc(n)

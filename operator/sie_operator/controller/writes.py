@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..catalog.registry import CaseConflict, ContentConflict, ValidationFailed
+from ..catalog.registry import CaseConflict, ContentConflict, ValidationFailed, WriteRejected
 from .status import StoreOutcome
 
 TRANSIENT_KINDS = frozenset({"nats_unavailable", "store_error"})
@@ -77,6 +77,8 @@ def classify_exception(exc: BaseException) -> StoreOutcome | None:
         if "bundle" in text and ("not in any known" in text or "resolve" in text):
             return StoreOutcome("unroutable", text)
         return StoreOutcome("invalid", text)
+    if isinstance(exc, WriteRejected):  # any other refusal of the content (too large): stalled
+        return StoreOutcome("invalid", str(exc))
     name = type(exc).__name__
     if name == "NatsUnavailable":
         return StoreOutcome(

@@ -82,6 +82,10 @@ class ConfigStore(Protocol):
     def fatal(self) -> str | None:
         """Why only a restart can repair the store (liveness fails), else None."""
 
+    @property
+    def max_record_bytes(self) -> int | None:
+        """The largest record (one model's stored form) the store can take now; None: no limit."""
+
     def describe(self) -> str: ...
 
     async def open(self) -> int:

@@ -36,6 +36,10 @@ class DirectoryStore:
         return self.file.broken
 
     @property
+    def max_record_bytes(self) -> int | None:
+        return None  # a file of any size
+
+    @property
     def fatal(self) -> str | None:
         return self.file.fatal
 

@@ -341,6 +341,12 @@ class JetStreamStore:
         return None  # reconnects and catch-up repair everything; a restart would not help
 
     @property
+    def max_record_bytes(self) -> int | None:
+        """The server's max_payload: a record is one message (headers included)."""
+        nc = self._nc
+        return int(nc.max_payload) if nc is not None and nc.is_connected else None
+
+    @property
     def behind(self) -> str | None:
         return self._behind
 

@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "convert SIE model YAML to ModelConfig manifests and back",
     ),
     "crd": ("sie_operator.controller.crd_command", "print the ModelConfig CRD"),
+    "store-copy": (
+        "sie_operator.configsvc.storecopy_command",
+        "copy a config store (directory or jetstream://NAME) into an empty one",
+    ),
     "controlplane": (
         "sie_operator.devcluster.command",
         "run a local kube-apiserver + etcd for dev and tests",

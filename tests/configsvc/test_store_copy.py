@@ -96,11 +96,12 @@ async def test_directory_to_stream_and_back(
 
     stream = stream_name()
     urls = nats_cluster.urls
-    done = store_copy(str(source), f"jetstream://{stream}", "--nats-url", urls)
+    done = store_copy(str(source), f"jetstream://{stream}", "--nats-url", urls, "--store-replicas", "3")
     assert done.returncode == 0, done.stderr
+    assert await replicas_of(urls, stream) == 3
     assert "copied 3 model(s)" in done.stdout and "at epoch 4" in done.stdout
 
-    replicated = await js_api(make_api, urls, stream)
+    replicated = await js_api(make_api, urls, stream, store_replicas=3)
     after, after_epochs = await _state(replicated)
     assert after["epoch"] == 4 and after["models"] == before["models"] and after_epochs == epochs
 
@@ -113,11 +114,34 @@ async def test_directory_to_stream_and_back(
     await replicated.service.stop()
 
     back = tmp_path / "backup"
-    done = store_copy(f"jetstream://{stream}", str(back), "--nats-url", urls)
+    done = store_copy(f"jetstream://{stream}", str(back), "--nats-url", urls, "--store-replicas", "1")
     assert done.returncode == 0, done.stderr
+    assert await replicas_of(urls, stream) == 3  # the source is read, never changed
     restored = await make_api(store_dir=back)
     final, final_epochs = await _state(restored)
     assert final["epoch"] == 4 and final["models"] == before["models"] and final_epochs == epochs
+
+
+async def replicas_of(urls: str, stream: str) -> int | None:
+    """The stream's replica count; None if there is no such stream."""
+    import nats
+    import nats.js.errors
+
+    nc = await nats.connect(servers=urls.split(","))
+    try:
+        info = await nc.jetstream().stream_info(stream)
+        return int(info.config.num_replicas or 1)
+    except nats.js.errors.NotFoundError:
+        return None
+    finally:
+        await nc.close()
+
+
+async def test_a_missing_source_stream_is_not_created(nats_cluster: NatsCluster, tmp_path: Path) -> None:
+    stream = stream_name()
+    missing = store_copy(f"jetstream://{stream}", str(tmp_path / "t"), "--nats-url", nats_cluster.urls)
+    assert missing.returncode == 1 and f"no JetStream stream {stream}" in missing.stderr
+    assert await replicas_of(nats_cluster.urls, stream) is None
 
 
 def test_refusals_are_one_line(tmp_path: Path) -> None:

@@ -34,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     natsconn.add_arguments(parser)
     parser.add_argument(
         "--store-replicas",
-        default=os.environ.get("SIE_CONFIG_STORE_REPLICAS", "1"),
-        help="replicas of a jetstream:// target's stream if it is created, 1-5 "
-        "[SIE_CONFIG_STORE_REPLICAS] (default 1)",
+        default=os.environ.get("SIE_CONFIG_STORE_REPLICAS"),
+        help="replicas of a jetstream:// target's stream, 1-5 [SIE_CONFIG_STORE_REPLICAS] (default: "
+        "1 for a stream it creates; an existing one is left as it is). The source is never changed",
     )
 
 
@@ -44,14 +44,17 @@ class _Locations:
     def __init__(self, args: argparse.Namespace) -> None:
         self.nats_url: str | None = args.nats_url
         self.auth = NatsAuth.from_args(args, dict(os.environ))
-        try:
-            self.replicas = int(args.store_replicas)
-        except ValueError:
-            raise UsageError(f"--store-replicas {args.store_replicas!r} is not a number") from None
-        if not 1 <= self.replicas <= 5:
-            raise UsageError(f"--store-replicas {self.replicas} is not between 1 and 5")
+        self.replicas: int | None = None
+        if args.store_replicas not in (None, ""):
+            try:
+                self.replicas = int(args.store_replicas)
+            except ValueError:
+                raise UsageError(f"--store-replicas {args.store_replicas!r} is not a number") from None
+            if not 1 <= self.replicas <= 5:
+                raise UsageError(f"--store-replicas {self.replicas} is not between 1 and 5")
 
     def store(self, location: str, *, must_exist: bool) -> ConfigStore:
+        """``must_exist``: the source (read as it is: never created nor changed)."""
         try:
             stream = parse_location(location)
         except ValueError as exc:
@@ -63,9 +66,11 @@ class _Locations:
                 self.nats_url,
                 stream,
                 auth=self.auth,
-                replicas=self.replicas,
+                replicas=self.replicas or 1,
                 name="sie-operator-store-copy",
                 startup_timeout=10.0,
+                create=not must_exist,
+                adjust_replicas=not must_exist and self.replicas is not None,
             )
         path = Path(location).expanduser()
         if must_exist and not path.is_dir():

@@ -287,7 +287,12 @@ class JetStreamStore:
         startup_timeout: float = 30.0,
         op_timeout: float = 5.0,
         idle_heartbeat: float = 1.0,
+        create: bool = True,
+        adjust_replicas: bool = True,
     ) -> None:
+        """``create``: create the stream if missing (else StoreError); ``adjust_replicas``:
+        set an existing stream's replica count to ``replicas`` (a tool reading a store
+        passes False to both, so it changes nothing it was not asked to)."""
         if not STREAM_NAME_RE.fullmatch(stream):
             raise StoreError(f"invalid JetStream stream name {stream!r}")
         self.url = url
@@ -295,6 +300,8 @@ class JetStreamStore:
         self.stream = stream
         self.auth = auth or NatsAuth()
         self.replicas = replicas
+        self.create = create
+        self.adjust_replicas = adjust_replicas
         self.client_name = name
         self.startup_timeout = startup_timeout
         self.op_timeout = op_timeout
@@ -449,6 +456,8 @@ class JetStreamStore:
                 try:
                     info = await self._js.stream_info(self.stream)
                 except nats.js.errors.NotFoundError:
+                    if not self.create:
+                        raise StoreError(f"no JetStream stream {self.stream} on {self.shown_url}") from None
                     await self._js.add_stream(want)
                     log.info("created JetStream stream %s (R%d)", self.stream, self.replicas)
                     return
@@ -459,7 +468,7 @@ class JetStreamStore:
                         f"(subjects {cfg.subjects}, max_msgs_per_subject {cfg.max_msgs_per_subject}); "
                         "it is not a config store: pick another name"
                     )
-                if (cfg.num_replicas or 1) != self.replicas:
+                if self.adjust_replicas and (cfg.num_replicas or 1) != self.replicas:
                     try:
                         cfg.num_replicas = self.replicas
                         await self._js.update_stream(cfg)

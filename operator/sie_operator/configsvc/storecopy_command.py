@@ -86,19 +86,19 @@ async def _copy(places: _Locations, source_at: str, target_at: str) -> str:
     try:
         await source.open()
         await target.open()
-        report = await copy_store(source, target)
+        models = await copy_store(source, target)
     finally:
         await target.close()
         await source.close()
     again = places.store(target_at, must_exist=True)
     try:
         await again.open()
-        check_copy(report.models, await again.load_all())
+        check_copy(models, await again.load_all())
         epoch = again.epoch
     finally:
         await again.close()
     return (
-        f"copied {len(report.models)} model(s) from {source_at} to {target_at} at epoch {epoch}; "
+        f"copied {len(models)} model(s) from {source_at} to {target_at} at epoch {epoch}; "
         "read back and checked"
     )
 

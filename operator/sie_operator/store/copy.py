@@ -91,15 +91,9 @@ def batches(items: Sequence[CopyItem], size: int = BATCH) -> list[list[CopyItem]
     return out
 
 
-@dataclass(frozen=True)
-class CopyReport:
-    models: tuple[StoredModel, ...]  # as read from the source
-    epoch: int  # the target's epoch after the copy
-
-
-async def copy_store(source: ConfigStore, target: ConfigStore) -> CopyReport:
-    """Copy ``source`` (open) into ``target`` (open, empty). StoreError (one line) if the
-    target is not empty or another writer appends to it meanwhile."""
+async def copy_store(source: ConfigStore, target: ConfigStore) -> tuple[StoredModel, ...]:
+    """Copy ``source`` (open) into ``target`` (open, empty); the source's models as read.
+    StoreError (one line) if the target is not empty or another writer appends meanwhile."""
     if target.epoch or await target.list_ids():
         raise StoreError(
             f"{target.describe()} already holds models (epoch {target.epoch}); "
@@ -113,7 +107,7 @@ async def copy_store(source: ConfigStore, target: ConfigStore) -> CopyReport:
                 f"{target.describe()}: another writer appended during the copy; "
                 "stop every config service using it and copy into an empty store again"
             )
-    return CopyReport(models, target.epoch)
+    return models
 
 
 def check_copy(wanted: Sequence[StoredModel], copied: Sequence[StoredModel]) -> None:
